@@ -1,0 +1,79 @@
+"""Board definitions: ``boards/<name>/board.json`` plus its partition CSV."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import partition_table
+from .errors import BoardError
+
+REQUIRED = ("name", "chip", "chip_id", "flash_size", "slots")
+BOARDS_DIR = Path(__file__).resolve().parents[2] / "boards"
+
+
+@dataclass(frozen=True)
+class Board:
+    """A board: its chip, flash size and partition layout."""
+
+    name: str
+    chip: str
+    chip_id: int
+    flash_size: int
+    slots: tuple[str, ...]
+    partitions: tuple[partition_table.Partition, ...]
+    directory: Path
+
+    def partition(self, label: str) -> partition_table.Partition:
+        for p in self.partitions:
+            if p.label == label:
+                return p
+        raise BoardError(f"board {self.name} has no partition {label!r}")
+
+    @property
+    def slot_size(self) -> int:
+        """The size of the smallest OTA slot: the largest image that fits every slot."""
+        return min(self.partition(s).size for s in self.slots)
+
+    def table_binary(self) -> bytes:
+        return partition_table.to_binary(self.partitions)
+
+
+def resolve(board: str | Path) -> Path:
+    """A board directory from a path or a name under boards/."""
+    path = Path(board)
+    if (path / "board.json").is_file():
+        return path
+    named = BOARDS_DIR / str(board)
+    if (named / "board.json").is_file():
+        return named
+    known = ", ".join(sorted(p.name for p in BOARDS_DIR.glob("*") if (p / "board.json").is_file()))
+    raise BoardError(f"no board definition at {board} (no board.json); known boards: {known}")
+
+
+def load(board: str | Path) -> Board:
+    """Load and check a board definition."""
+    directory = resolve(board)
+    try:
+        meta = json.loads((directory / "board.json").read_text())
+    except json.JSONDecodeError as e:
+        raise BoardError(f"{directory / 'board.json'} is not valid JSON: {e}") from e
+    missing = [k for k in REQUIRED if k not in meta]
+    if missing:
+        raise BoardError(f"{directory / 'board.json'} lacks {', '.join(missing)}")
+    csv_path = directory / meta.get("partition_table", "partitions.csv")
+    parts = partition_table.load_csv(csv_path, int(meta["flash_size"]))
+    result = Board(
+        name=str(meta["name"]),
+        chip=str(meta["chip"]),
+        chip_id=int(meta["chip_id"]),
+        flash_size=int(meta["flash_size"]),
+        slots=tuple(meta["slots"]),
+        partitions=tuple(parts),
+        directory=directory,
+    )
+    for slot in result.slots:
+        if not result.partition(slot).is_ota_slot:
+            raise BoardError(f"board {result.name}: slot {slot} is not an OTA app partition")
+    return result

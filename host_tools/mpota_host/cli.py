@@ -1,0 +1,192 @@
+"""The ``mpota`` command line: thin wrappers over the documented library functions.
+
+Exactly one place, :func:`main`, turns an :class:`MpotaError` into a message on
+stderr and an exit code.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from . import board as boards
+from .errors import MpotaError
+from .firmware import BEHAVIOURS, DEFAULT_SIZE, write_image
+from .sim.harness import CAUSE_NAMES, BootRecord, SimBoard
+
+
+def _size(text: str) -> int:
+    text = text.strip().upper()
+    scale = 1
+    for suffix, factor in (("K", 1024), ("M", 1024 * 1024)):
+        if text.endswith(suffix):
+            text, scale = text[:-1], factor
+    try:
+        return int(float(text) * scale)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a size (examples: 65536, 256K, 1.5M)") from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mpota")
+def cli() -> None:
+    """mpota: secure over-the-air updates for MicroPython on ESP32."""
+
+
+@cli.command("partition-table")
+@click.argument("board_dir")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Where to write the binary table (flash it at 0x8000).")
+def partition_table_cmd(board_dir: str, out: Path) -> None:
+    """Write BOARD_DIR's partition table as the binary ESP-IDF table."""
+    board = boards.load(board_dir)
+    out.write_bytes(board.table_binary())
+    click.echo(f"{out}: {len(board.partitions)} partitions for {board.name}, flash at 0x8000")
+    for p in board.partitions:
+        click.echo(f"  {p.label:<10} {p.type_name:<5} {p.subtype_name:<9} "
+                   f"0x{p.offset:06x} 0x{p.size:06x}")
+
+
+@cli.group()
+def sim() -> None:
+    """The simulated ESP32 board (MicroPython unix port + flash file)."""
+
+
+@sim.command("firmware")
+@click.option("--version", "version", required=True, help="Version string in the app descriptor.")
+@click.option("--behaviour", type=click.Choice(BEHAVIOURS), default="healthy", show_default=True,
+              help="How the firmware behaves after boot.")
+@click.option("--size", default=str(DEFAULT_SIZE), show_default=True,
+              help="Image size in bytes (K/M suffixes allowed; ~1.5M is realistic).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+def sim_firmware(version: str, behaviour: str, size: str, out: Path) -> None:
+    """Write a simulated MicroPython firmware: a valid ESP32 app image."""
+    fw = write_image(out, version, behaviour, _size(size))
+    click.echo(f"{out}: firmware v{fw.version} ({fw.behaviour}), {fw.size} bytes")
+
+
+@sim.command("new")
+@click.option("--board", "board_dir", required=True, help="Board directory or name under boards/.")
+@click.option("--firmware", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              required=True, help="App image written into ota_0.")
+@click.option("--flash", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="The new flash file (FLASH.sim/ is created beside it).")
+def sim_new(board_dir: str, firmware: Path, flash: Path) -> None:
+    """Create a board: erased flash, partition table, FIRMWARE in ota_0."""
+    board = SimBoard.create(board_dir, firmware, flash)
+    ident = board.identity
+    click.echo(f"{flash}: new {ident['board']} ({ident['flash_size'] // 1024 // 1024} MiB, "
+               f"MAC {ident['mac']}), ota_0 = {firmware.name}")
+
+
+@sim.command("stage")
+@click.option("--flash", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              required=True)
+@click.option("--firmware", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              required=True)
+def sim_stage(flash: Path, firmware: Path) -> None:
+    """Write FIRMWARE into the next slot and set boot, exactly as an update would."""
+    result = SimBoard(flash).stage(firmware)
+    click.echo(result.output.strip())
+
+
+def _echo_device(line: str) -> None:
+    click.echo(f"  | {line}")
+
+
+@sim.command("boot")
+@click.option("--flash", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              required=True)
+@click.option("--max-boots", default=10, show_default=True, help="Stop after this many boots.")
+@click.option("--cut-power-at", "cut_at", type=int, default=None,
+              help="Lose power during the N-th flash erase or write from now.")
+@click.option("--timeout", default=60.0, show_default=True,
+              help="Seconds a boot may run before the harness stops watching.")
+@click.option("--heapsize", default="2M", show_default=True, help="MicroPython heap (e.g. 64K).")
+@click.option("-v", "--verbose", is_flag=True, help="Show the board's console output.")
+def sim_boot(flash: Path, max_boots: int, cut_at: int | None, timeout: float, heapsize: str,
+             verbose: bool) -> None:
+    """Power the board on and follow its resets until it settles (one line per boot)."""
+
+    def line(record: BootRecord) -> None:
+        click.echo(record.line())
+
+    records = SimBoard(flash).boot(max_boots, cut_at, timeout, heapsize,
+                                   echo=_echo_device if verbose else None, on_boot=line)
+    last = records[-1]
+    if last.kind in ("reset", "panic", "wdt", "soft-reset", "power-cut"):
+        click.echo(f"stopped after {len(records)} boots (--max-boots); "
+                   "the board was still rebooting")
+
+
+@sim.command("status")
+@click.option("--flash", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              required=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def sim_status(flash: Path, as_json: bool) -> None:
+    """Slots with their firmware, both otadata entries, and the slot booted next."""
+    board = SimBoard(flash)
+    status = board.status()
+    if as_json:
+        click.echo(json.dumps(status, indent=2))
+        return
+    click.echo(f"board {status['board']}  running: {status['running'] or '(not booted yet)'}")
+    for slot in status["slots"]:
+        fw = slot["firmware"]
+        what = (f"v{fw['version']} ({fw['behaviour']}, {fw['length']} bytes)" if fw
+                else f"no valid image: {slot['error']}")
+        click.echo(f"  {slot['label']:<6} 0x{slot['addr']:06x}  {what}")
+    for i, entry in enumerate(status["otadata"]):
+        click.echo(f"  otadata[{i}]  {entry['text']}")
+    click.echo(f"  boot_slot: {status['boot_slot']}")
+    facts = board.boot_facts()
+    cause = facts.get("reset_cause")
+    if isinstance(cause, int):
+        click.echo(f"  last reset cause: {CAUSE_NAMES.get(cause, '?')}")
+
+
+@sim.command("counters")
+@click.option("--flash", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              required=True)
+@click.option("--clear", is_flag=True, help="Reset all counters to zero.")
+def sim_counters(flash: Path, clear: bool) -> None:
+    """Flash erases and writes per partition since the board was created."""
+    board = SimBoard(flash)
+    if clear:
+        board.clear_counters()
+        click.echo("counters cleared")
+        return
+    counters = board.counters()
+    layout = boards.load(board.identity["board"])
+    click.echo(f"total flash operations: {counters.total}")
+    for p in layout.partitions:
+        erases, writes = counters.in_range(p.offset, p.size)
+        worst = max(counters.erases[p.offset // 4096 : (p.offset + p.size) // 4096] or [0])
+        click.echo(f"  {p.label:<10} erases {erases:>6}  writes {writes:>6}  "
+                   f"max erases of one sector {worst}")
+
+
+def main() -> None:
+    """Entry point of the ``mpota`` console script."""
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except MpotaError as e:
+        click.echo(f"mpota: error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,278 @@
+"""The simulated board as the host sees it: create, boot, stage, status, counters.
+
+A board is one flash file laid out as on a real ESP32 (bootloader area left
+erased, partition table at 0x8000, otadata, slots, NVS) plus a directory
+``FLASH.sim/`` beside it with what a real board keeps elsewhere: its identity
+(MAC), the device filesystem (``fs/``), NVS values, the flash op counters and
+the facts of the current boot.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import board as boards
+from ..appimage import check_app_image
+from ..errors import SimulatorError
+from ..partition_table import TABLE_OFFSET
+from . import runner
+
+SECTOR = 4096
+COUNTERS_MAGIC = 0x4D504643
+NEVER = 0xFFFFFFFF
+_HDR = 16
+
+# machine.reset_cause() values of the esp32 port
+PWRON_RESET, HARD_RESET, WDT_RESET, DEEPSLEEP_RESET, SOFT_RESET = 1, 2, 3, 4, 5
+CAUSE_NAMES = {1: "PWRON", 2: "HARD", 3: "WDT", 4: "DEEPSLEEP", 5: "SOFT"}
+
+# How a boot ended -> (next reset cause, does the board go on booting)
+_ENDINGS: dict[str, tuple[int, bool]] = {
+    "reset": (HARD_RESET, True),  # machine.reset(): esp_restart -> ESP_RST_SW
+    "panic": (HARD_RESET, True),  # Guru Meditation -> ESP_RST_PANIC
+    "wdt": (WDT_RESET, True),
+    "soft-reset": (SOFT_RESET, True),
+    "power-cut": (PWRON_RESET, True),
+    "repl": (0, False),  # main.py finished: the board sits at the REPL
+    "still-running": (0, False),  # program still running when the harness stopped watching
+    "no-app": (0, False),  # bootloader found nothing to boot: it resets forever
+}
+
+
+@dataclass
+class BootRecord:
+    """One power-on of the board."""
+
+    number: int
+    reset_cause: int
+    slot: str | None
+    version: str | None
+    behaviour: str | None
+    ended: str
+    output: str = field(repr=False)
+    seconds: float = 0.0
+
+    @property
+    def kind(self) -> str:
+        return self.ended.split(" ")[0]
+
+    def line(self) -> str:
+        fw = f"{self.slot} v{self.version} ({self.behaviour})" if self.slot else "no app"
+        return (
+            f"boot {self.number}: reset_cause={CAUSE_NAMES.get(self.reset_cause, '?')} "
+            f"-> {fw} -> {self.ended} [{self.seconds:.1f}s]"
+        )
+
+
+@dataclass
+class Counters:
+    """Flash erases and writes since the board was created (or last cleared)."""
+
+    total: int
+    erases: list[int]
+    writes: list[int]
+
+    def sector(self, addr: int) -> tuple[int, int]:
+        i = addr // SECTOR
+        return self.erases[i], self.writes[i]
+
+    def in_range(self, addr: int, size: int) -> tuple[int, int]:
+        first, last = addr // SECTOR, (addr + size - 1) // SECTOR
+        return sum(self.erases[first : last + 1]), sum(self.writes[first : last + 1])
+
+
+class SimBoard:
+    """A simulated ESP32 board backed by one flash file."""
+
+    def __init__(self, flash: Path) -> None:
+        self.flash = Path(flash)
+        self.sim_dir = Path(str(self.flash) + ".sim")
+        if not self.flash.is_file() or not (self.sim_dir / "board.json").is_file():
+            raise SimulatorError(
+                f"no simulated board at {self.flash}; create one with "
+                "'mpota sim new --board BOARD --firmware FW --flash FLASH'"
+            )
+        self.identity = json.loads((self.sim_dir / "board.json").read_text())
+
+    @property
+    def fs(self) -> Path:
+        """The board's filesystem (MicroPython's '/'), kept as a host directory."""
+        return self.sim_dir / "fs"
+
+    @classmethod
+    def create(
+        cls, board_dir: str | Path, firmware: Path, flash: Path, mac: bytes | None = None
+    ) -> SimBoard:
+        """A new board: erased flash, partition table, firmware in ota_0."""
+        board = boards.load(board_dir)
+        slot0 = board.partition(board.slots[0])
+        facts = check_app_image(Path(firmware), board.chip_id, slot0.size)
+        flash = Path(flash)
+        sim_dir = Path(str(flash) + ".sim")
+        if flash.exists() or sim_dir.exists():
+            raise SimulatorError(f"{flash} already exists; remove it or choose another path")
+        flash.parent.mkdir(parents=True, exist_ok=True)
+        tmp = flash.with_name(flash.name + ".tmp")
+        with tmp.open("wb") as f:
+            f.truncate(board.flash_size)
+            f.seek(0)
+            blank = b"\xff" * 0x10000
+            for _ in range(board.flash_size // len(blank)):
+                f.write(blank)
+            f.seek(TABLE_OFFSET)
+            f.write(board.table_binary())
+            f.seek(slot0.offset)
+            f.write(Path(firmware).read_bytes())
+        (sim_dir / "fs").mkdir(parents=True)
+        identity = {
+            "board": board.name,
+            "chip": board.chip,
+            "chip_id": board.chip_id,
+            "flash_size": board.flash_size,
+            "mac": (mac or bytes([0x24, 0x0A, 0xC4]) + secrets.token_bytes(3)).hex(),
+            "initial_firmware": facts.version,
+        }
+        (sim_dir / "board.json").write_text(json.dumps(identity, indent=2) + "\n")
+        sectors = board.flash_size // SECTOR
+        header = struct.pack("<IIII", COUNTERS_MAGIC, 0, NEVER, 0)
+        (sim_dir / "counters.bin").write_bytes(header + bytes(8 * sectors))
+        tmp.replace(flash)
+        return cls(flash)
+
+    # counters and power cuts
+
+    def counters(self) -> Counters:
+        raw = (self.sim_dir / "counters.bin").read_bytes()
+        _, total, _, _ = struct.unpack_from("<IIII", raw)
+        pairs = struct.unpack_from(f"<{(len(raw) - _HDR) // 4}I", raw, _HDR)
+        return Counters(total, list(pairs[0::2]), list(pairs[1::2]))
+
+    def clear_counters(self) -> None:
+        raw = bytearray((self.sim_dir / "counters.bin").read_bytes())
+        struct.pack_into("<II", raw, 4, 0, NEVER)
+        raw[_HDR:] = bytes(len(raw) - _HDR)
+        (self.sim_dir / "counters.bin").write_bytes(raw)
+
+    def _set_cut(self, absolute: int) -> None:
+        with (self.sim_dir / "counters.bin").open("r+b") as f:
+            f.seek(8)
+            f.write(struct.pack("<I", absolute))
+
+    def cut_power_at(self, n: int | None) -> None:
+        """Lose power during the n-th flash erase or write from now (1-based)."""
+        if n is None:
+            self._set_cut(NEVER)
+        else:
+            if n < 1:
+                raise SimulatorError(f"power cut index must be 1 or more, not {n}")
+            self._set_cut(self.counters().total + n)
+
+    # running
+
+    def run(
+        self,
+        script: Path,
+        args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        heapsize: str = runner.DEFAULT_HEAP,
+        timeout: float = 60.0,
+        echo: Callable[[str], None] | None = None,
+    ) -> runner.Run:
+        """Run a MicroPython script on the board as the running firmware (no boot)."""
+        return runner.run(self.flash, script, args, env, heapsize, timeout, echo)
+
+    def boot(
+        self,
+        max_boots: int = 10,
+        cut_at: int | None = None,
+        timeout: float = 60.0,
+        heapsize: str = runner.DEFAULT_HEAP,
+        echo: Callable[[str], None] | None = None,
+        on_boot: Callable[[BootRecord], None] | None = None,
+    ) -> list[BootRecord]:
+        """Power the board on and follow its resets until it settles or max_boots.
+
+        Settled means: main.py returned to the REPL, the program was still
+        running after ``timeout`` seconds, or no app could be booted.
+        """
+        self.cut_power_at(cut_at)
+        records: list[BootRecord] = []
+        cause, soft = PWRON_RESET, False
+        for number in range(1, max_boots + 1):
+            if not soft:
+                (self.sim_dir / "wdt").unlink(missing_ok=True)  # a hard reset stops the WDT
+            env = {"MPOTA_SIM_RESET_CAUSE": str(cause)}
+            if soft:
+                env["MPOTA_SIM_SOFT"] = "1"
+            result = runner.run(
+                self.flash, runner.SIM_DIR / "simboot.py", env=env, heapsize=heapsize,
+                timeout=timeout, echo=echo,
+            )
+            facts = self.boot_facts() if result.ended != "no-app" else {}
+            fw = facts.get("firmware") or {}
+            record = BootRecord(
+                number, cause, facts.get("running"), fw.get("version"), fw.get("behaviour"),
+                result.ended, result.output, result.seconds,
+            )
+            if result.ended == "no-app":
+                record.slot = None
+            records.append(record)
+            if on_boot is not None:
+                on_boot(record)
+            ending = _ENDINGS.get(record.kind)
+            if ending is None:
+                raise SimulatorError(
+                    f"boot {number} ended unexpectedly ({result.ended}):\n{result.output[-2000:]}"
+                )
+            cause, goes_on = ending
+            soft = record.kind == "soft-reset"
+            if not goes_on:
+                break
+        self.cut_power_at(None)
+        return records
+
+    def boot_facts(self) -> dict[str, Any]:
+        path = self.sim_dir / "boot.json"
+        if not path.exists():
+            return {}
+        result: dict[str, Any] = json.loads(path.read_text())
+        return result
+
+    def stage(self, firmware: Path, echo: Callable[[str], None] | None = None) -> runner.Run:
+        """Write ``firmware`` into the next slot and set boot, as an update would."""
+        firmware = Path(firmware).resolve()
+        if not firmware.is_file():
+            raise SimulatorError(f"no firmware file {firmware}")
+        result = self.run(runner.SIM_DIR / "simstage.py", [str(firmware)], echo=echo)
+        if result.ended != "exit:0":
+            raise SimulatorError(
+                f"staging {firmware.name} failed ({result.ended}):\n{result.output}"
+            )
+        return result
+
+    def status(self) -> dict[str, Any]:
+        """Slots and their firmware, both otadata entries, and the slot booted next."""
+        result = self.run(runner.SIM_DIR / "simboot.py", ["--status"])
+        for line in result.output.splitlines():
+            if line.startswith("STATUS "):
+                status: dict[str, Any] = json.loads(line[len("STATUS ") :])
+                status["board"] = self.identity["board"]
+                status["running"] = self.boot_facts().get("running")
+                return status
+        raise SimulatorError(f"could not read the board's status:\n{result.output}")
+
+    def write_file(self, name: str, text: str) -> Path:
+        """Put a file on the board's filesystem (as mpremote cp would)."""
+        path = self.fs / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+        return path
