@@ -130,7 +130,7 @@ class Partition:
         # esp_ota_get_next_update_partition(self)
         slots = self._board.slots
         if not slots:
-            raise esp_error(simboard.ESP_ERR_NOT_FOUND)
+            raise OSError(2)  # esp32_partition_new(NULL): MP_ENOENT
         nxt = slots[0]
         for i, s in enumerate(slots):
             if s.addr == self._part.addr:

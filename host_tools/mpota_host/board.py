@@ -32,6 +32,15 @@ class Board:
         raise BoardError(f"board {self.name} has no partition {label!r}")
 
     @property
+    def initial_app(self) -> partition_table.Partition:
+        """Where a freshly flashed board keeps its first app: factory, else ota_0."""
+        apps = [p for p in self.partitions if p.type == 0]
+        if not apps:
+            raise BoardError(f"board {self.name} has no app partition")
+        factory = [p for p in apps if p.subtype == 0x00]
+        return factory[0] if factory else self.partition(self.slots[0]) if self.slots else apps[0]
+
+    @property
     def slot_size(self) -> int:
         """The size of the smallest OTA slot: the largest image that fits every slot."""
         return min(self.partition(s).size for s in self.slots)

@@ -110,9 +110,9 @@ class SimBoard:
     def create(
         cls, board_dir: str | Path, firmware: Path, flash: Path, mac: bytes | None = None
     ) -> SimBoard:
-        """A new board: erased flash, partition table, firmware in ota_0."""
+        """A new board: erased flash, partition table, firmware in ota_0 (or factory)."""
         board = boards.load(board_dir)
-        slot0 = board.partition(board.slots[0])
+        slot0 = board.initial_app
         facts = check_app_image(Path(firmware), board.chip_id, slot0.size)
         flash = Path(flash)
         sim_dir = Path(str(flash) + ".sim")
@@ -201,8 +201,25 @@ class SimBoard:
 
         Settled means: main.py returned to the REPL, the program was still
         running after ``timeout`` seconds, or no app could be booted.
+        ``cut_at`` loses power during that flash operation of this call; without
+        it, a cut armed earlier with :meth:`cut_power_at` stays armed.
         """
-        self.cut_power_at(cut_at)
+        if cut_at is not None:
+            self.cut_power_at(cut_at)
+        try:
+            return self._boot_loop(max_boots, timeout, heapsize, echo, on_boot)
+        finally:
+            if cut_at is not None:
+                self.cut_power_at(None)
+
+    def _boot_loop(
+        self,
+        max_boots: int,
+        timeout: float,
+        heapsize: str,
+        echo: Callable[[str], None] | None,
+        on_boot: Callable[[BootRecord], None] | None,
+    ) -> list[BootRecord]:
         records: list[BootRecord] = []
         cause, soft = PWRON_RESET, False
         for number in range(1, max_boots + 1):
@@ -235,7 +252,6 @@ class SimBoard:
             soft = record.kind == "soft-reset"
             if not goes_on:
                 break
-        self.cut_power_at(None)
         return records
 
     def boot_facts(self) -> dict[str, Any]:

@@ -1,0 +1,45 @@
+"""Running MicroPython snippets on a simulated board from tests."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import textwrap
+from typing import Any
+
+from mpota_host.sim.harness import SimBoard
+from mpota_host.sim.runner import Run
+
+
+def run_device(board: SimBoard, code: str, heapsize: str = "2M", timeout: float = 30.0) -> Run:
+    """Run a MicroPython snippet on the board as the running firmware."""
+    script = board.sim_dir / f"snippet{next(_snippets)}.py"
+    script.write_text(textwrap.dedent(code))
+    return board.run(script, heapsize=heapsize, timeout=timeout)
+
+
+_snippets = itertools.count()
+
+
+def results(run: Run) -> list[Any]:
+    """Values the snippet printed as 'RESULT <json>' lines."""
+    out = [json.loads(line[7:]) for line in run.output.splitlines() if line.startswith("RESULT ")]
+    if not out:
+        raise AssertionError(f"device printed no RESULT ({run.ended}):\n{run.output}")
+    return out
+
+
+# The prelude device snippets use: print a value as JSON, and an OSError as its args.
+PRELUDE = """
+import json
+def result(v):
+    print("RESULT " + json.dumps(v))
+def err(f, *a):
+    try:
+        f(*a)
+    except OSError as e:
+        return list(e.args)
+    except ValueError as e:
+        return ["ValueError"] + list(e.args)
+    return None
+"""
