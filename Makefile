@@ -6,7 +6,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 PYTHON  ?= python3
 
-.PHONY: all setup demo test lint typecheck bench clean
+.PHONY: all setup demo test lint clean
 
 all: test
 
@@ -27,9 +27,6 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
-
-bench: $(STAMP)
-	$(PY) -m bench
 
 clean:
 	rm -rf $(VENV) .work demo build *.egg-info .pytest_cache .ruff_cache .mypy_cache
