@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import sys
 import textwrap
+from pathlib import Path
 from typing import Any
 
 from mpota_host.sim.harness import SimBoard
@@ -43,3 +45,9 @@ def err(f, *a):
         return ["ValueError"] + list(e.args)
     return None
 """
+
+
+def tool(name: str) -> str:
+    """A console script of this environment (mpota, esptool...), found next to Python."""
+    path = Path(sys.executable).with_name(name)
+    return str(path) if path.exists() else name

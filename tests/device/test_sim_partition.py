@@ -34,7 +34,9 @@ def test_crc_matches_esp_idf_vectors() -> None:
 
 
 def test_find_info_and_repr(booted: SimBoard) -> None:
-    out = device(booted, """
+    out = device(
+        booted,
+        """
 from esp32 import Partition
 apps = Partition.find(Partition.TYPE_APP)
 result([p.info() for p in apps])
@@ -45,29 +47,38 @@ result(Partition(Partition.RUNNING).info()[4])
 result(Partition(Partition.BOOT).info()[4])
 result(err(Partition, "nope"))
 result(err(Partition, 7))
-""")
-    assert out[0] == [[0, 0x10, 0x10000, 0x180000, "ota_0", False],
-                      [0, 0x11, 0x190000, 0x180000, "ota_1", False]]
+""",
+    )
+    assert out[0] == [
+        [0, 0x10, 0x10000, 0x180000, "ota_0", False],
+        [0, 0x11, 0x190000, 0x180000, "ota_1", False],
+    ]
     # MicroPython registers "vfs" (data, fat) over the rest of the flash at run time
     assert out[1] == ["nvs", "otadata", "phy_init", "vfs"]
     assert out[2] == ["nvs"]
-    assert out[3] == ("<Partition type=0, subtype=17, address=1638400, size=1572864, "
-                      "label=ota_1, encrypted=0>")
+    assert out[3] == (
+        "<Partition type=0, subtype=17, address=1638400, size=1572864, label=ota_1, encrypted=0>"
+    )
     assert out[4] == "ota_0" and out[5] == "ota_0"
     assert out[6] == [2]  # OSError(ENOENT)
     assert out[7] == ["ValueError"]
 
 
 def test_vfs_partition_spans_rest_of_flash(booted: SimBoard) -> None:
-    (info,) = device(booted, """
+    (info,) = device(
+        booted,
+        """
 from esp32 import Partition
 result(Partition.find(Partition.TYPE_DATA, label="vfs")[0].info())
-""")
+""",
+    )
     assert info == [1, 0x81, 0x310000, 0xF0000, "vfs", False]
 
 
 def test_writeblocks_erases_first_and_offset_write_does_not(booted: SimBoard) -> None:
-    out = device(booted, """
+    out = device(
+        booted,
+        """
 from esp32 import Partition
 p = Partition("ota_1")
 buf = bytearray(4096)
@@ -84,7 +95,8 @@ result(list(small))
 result(err(p.writeblocks, 4, b"x" * 100))   # not whole sectors
 result(err(p.readblocks, 0x181, bytearray(16)))  # starts past the partition
 result(err(p.readblocks, 0x17F, bytearray(8192)))
-""")
+""",
+    )
     assert out[0] == 0x0F
     assert out[1] == [0x0F, 0x0C, 0x0C, 0x0F]
     assert out[2] == [0x0F] * 4 + [0x0C] * 4
@@ -94,7 +106,9 @@ result(err(p.readblocks, 0x17F, bytearray(8192)))
 
 
 def test_ioctl(booted: SimBoard) -> None:
-    out = device(booted, """
+    out = device(
+        booted,
+        """
 from esp32 import Partition
 p = Partition("ota_1")
 result([p.ioctl(4, 0), p.ioctl(5, 0), p.ioctl(1, 0), p.ioctl(3, 0), p.ioctl(99, 0)])
@@ -104,7 +118,8 @@ buf = bytearray(4096)
 p.readblocks(2, buf)
 result(buf == b"\\xff" * 4096)
 result(Partition("ota_1", 512).ioctl(6, 0))
-""")
+""",
+    )
     assert out[0] == [384, 4096, 0, 0, None]
     assert out[1] == 0 and out[2] is True
     assert out[3] == -22  # block_size != 4096: -MP_EINVAL returned, not raised
@@ -112,13 +127,16 @@ result(Partition("ota_1", 512).ioctl(6, 0))
 
 def test_counters_count_each_erase_and_write(booted: SimBoard) -> None:
     booted.clear_counters()
-    device(booted, """
+    device(
+        booted,
+        """
 from esp32 import Partition
 p = Partition("ota_1")
 p.writeblocks(0, bytearray(8192))
 p.writeblocks(0, b"ab", 10)
 result(1)
-""")
+""",
+    )
     counters = booted.counters()
     assert counters.sector(0x190000) == (1, 2)
     assert counters.sector(0x191000) == (1, 1)
@@ -127,14 +145,17 @@ result(1)
 
 def test_set_boot_refuses_an_invalid_image(booted: SimBoard) -> None:
     before = otadata(booted)
-    out = device(booted, """
+    out = device(
+        booted,
+        """
 from esp32 import Partition
 p = Partition("ota_1")
 result(err(p.set_boot))
 p.writeblocks(0, b"\\xe9" + b"\\x00" * 4095)
 result(err(p.set_boot))
 result(err(Partition("nvs").set_boot))
-""")
+""",
+    )
     assert out == [[-5379, "ESP_ERR_OTA_VALIDATE_FAILED"]] * 3
     assert otadata(booted) == before
 
@@ -149,10 +170,13 @@ def test_set_boot_writes_otadata_like_esp_idf(booted: SimBoard, firmware) -> Non
     # one erase and one write of exactly the otadata sector
     assert booted.counters().sector(OTADATA + 0x1000) == (1, 1)
     assert booted.counters().sector(OTADATA) == (0, 0)
-    (next_label,) = device(booted, """
+    (next_label,) = device(
+        booted,
+        """
 from esp32 import Partition
 result(Partition(Partition.BOOT).info()[4])
-""")
+""",
+    )
     assert next_label == "ota_1"
 
 
@@ -168,12 +192,15 @@ def test_each_slot_block_erased_and_written_once(booted: SimBoard, firmware) -> 
 
 
 def test_get_next_update(booted: SimBoard) -> None:
-    out = device(booted, """
+    out = device(
+        booted,
+        """
 from esp32 import Partition
 result(Partition(Partition.RUNNING).get_next_update().info()[4])
 result(Partition("ota_1").get_next_update().info()[4])
 result(Partition("nvs").get_next_update().info()[4])
-""")
+""",
+    )
     assert out == ["ota_1", "ota_0", "ota_0"]
 
 
@@ -183,22 +210,29 @@ def test_mark_valid_writes_only_when_needed(booted: SimBoard, firmware) -> None:
     assert booted.boot(max_boots=1)[-1].slot == "ota_1"
     assert otadata(booted)[1][:2] == (2, 1)  # PENDING_VERIFY
     booted.clear_counters()
-    device(booted, """
+    device(
+        booted,
+        """
 from esp32 import Partition
 Partition.mark_app_valid_cancel_rollback()
 Partition.mark_app_valid_cancel_rollback()
 result(1)
-""")
+""",
+    )
     assert otadata(booted)[1] == (2, 2, esp_crc(2))
     assert booted.counters().total == 2  # one erase + one write; the second call wrote nothing
 
 
 def test_writing_the_running_app_aborts(booted: SimBoard) -> None:
-    run = run_device(booted, PRELUDE + """
+    run = run_device(
+        booted,
+        PRELUDE
+        + """
 from esp32 import Partition
 Partition(Partition.RUNNING).writeblocks(0, bytearray(4096))
 result("survived")
-""")
+""",
+    )
     assert run.ended == "panic"
     assert "RESULT" not in run.output
     assert "running app ota_0" in run.output
@@ -209,14 +243,19 @@ def test_board_without_otadata(tmp_path, firmware) -> None:
     board_dir.mkdir()
     (board_dir / "board.json").write_text(
         '{"name": "factory-only", "chip": "esp32", "chip_id": 0, "flash_size": 4194304,'
-        ' "slots": []}')
+        ' "slots": []}'
+    )
     (board_dir / "partitions.csv").write_text(
-        "nvs, data, nvs, 0x9000, 0x6000\nfactory, app, factory, 0x10000, 0x1F0000\n")
+        "nvs, data, nvs, 0x9000, 0x6000\nfactory, app, factory, 0x10000, 0x1F0000\n"
+    )
     board = SimBoard.create(board_dir, firmware("1.0.0"), tmp_path / "f.flash")
     assert board.boot(max_boots=1)[-1].slot == "factory"
-    out = device(board, """
+    out = device(
+        board,
+        """
 from esp32 import Partition
 result(err(Partition.mark_app_valid_cancel_rollback))
 result(err(Partition(Partition.RUNNING).get_next_update))
-""")
+""",
+    )
     assert out == [[-261, "ESP_ERR_NOT_FOUND"], [2]]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import tool
 from mpota_host.appimage import check_app_image, inspect_image
 from mpota_host.errors import FirmwareError
 from mpota_host.firmware import BEHAVIOURS, build_image
@@ -16,8 +17,12 @@ from mpota_host.firmware import BEHAVIOURS, build_image
 @pytest.mark.parametrize("behaviour", BEHAVIOURS)
 def test_esptool_image_info_accepts(firmware: Callable[..., Path], behaviour: str) -> None:
     path = firmware("2.0.0", behaviour, 1536 * 1024)
-    proc = subprocess.run(["esptool", "--chip", "esp32", "image-info", str(path)],
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [tool("esptool"), "--chip", "esp32", "image-info", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "Checksum: " in proc.stdout and "(valid)" in proc.stdout.split("Checksum: ")[1]
     assert "Validation hash: " in proc.stdout
     assert proc.stdout.split("Validation hash: ")[1].split("\n")[0].endswith("(valid)")
@@ -39,8 +44,11 @@ def test_esptool_sees_a_flipped_byte(tmp_path: Path) -> None:
     raw[5000] ^= 0x40
     path = tmp_path / "bad.bin"
     path.write_bytes(raw)
-    proc = subprocess.run(["esptool", "--chip", "esp32", "image-info", str(path)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [tool("esptool"), "--chip", "esp32", "image-info", str(path)],
+        capture_output=True,
+        text=True,
+    )
     assert "invalid" in proc.stdout
     with pytest.raises(FirmwareError, match="checksum is wrong"):
         check_app_image(path, 0, 0x180000)
@@ -88,13 +96,28 @@ def test_wrong_chip_and_oversize(tmp_path: Path) -> None:
         check_app_image(big, 0, 0x180000)
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--behaviour", "explode"], "Invalid value for '--behaviour'"),
-    (["--size", "lots"], "is not a size"),
-    (["--size", "100"], "too small"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--behaviour", "explode"], "Invalid value for '--behaviour'"),
+        (["--size", "lots"], "is not a size"),
+        (["--size", "100"], "too small"),
+    ],
+)
 def test_cli_firmware_errors(tmp_path: Path, args: list[str], message: str) -> None:
-    proc = subprocess.run(["mpota", "sim", "firmware", "--version", "1", "--out",
-                           str(tmp_path / "fw.bin"), *args], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            tool("mpota"),
+            "sim",
+            "firmware",
+            "--version",
+            "1",
+            "--out",
+            str(tmp_path / "fw.bin"),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode != 0
     assert message in proc.stderr

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import BOARD_4MB, BOARD_8MB
+from helpers import tool
 from mpota_host import board as boards
 from mpota_host import partition_table as pt
 from mpota_host.errors import BoardError, PartitionTableError
@@ -51,23 +52,35 @@ def test_4mb_layout() -> None:
 def test_8mb_slots() -> None:
     board = boards.load(BOARD_8MB)
     assert [(board.partition(s).offset, board.partition(s).size) for s in board.slots] == [
-        (0x10000, 0x270000), (0x280000, 0x270000)]
+        (0x10000, 0x270000),
+        (0x280000, 0x270000),
+    ]
 
 
 def test_entry_layout_is_gen_esp32part_struct() -> None:
     parts = pt.parse_csv("ota_0, app, ota_0, 0x10000, 1M, encrypted\n")
     raw = pt.to_binary(parts)
-    assert raw[:32] == (b"\xaa\x50\x00\x10" + (0x10000).to_bytes(4, "little")
-                        + (0x100000).to_bytes(4, "little") + b"ota_0".ljust(16, b"\0")
-                        + (1).to_bytes(4, "little"))
+    assert raw[:32] == (
+        b"\xaa\x50\x00\x10"
+        + (0x10000).to_bytes(4, "little")
+        + (0x100000).to_bytes(4, "little")
+        + b"ota_0".ljust(16, b"\0")
+        + (1).to_bytes(4, "little")
+    )
     assert raw[48:64] == hashlib.md5(raw[:32]).digest()
 
 
 def test_empty_offsets_are_aligned_like_gen_esp32part() -> None:
-    parts = pt.parse_csv("nvs, data, nvs, , 0x6000\nphy, data, phy, , 0x1000\n"
-                         "factory, app, factory, , 1M\nstore, data, , , 4K\n")
+    parts = pt.parse_csv(
+        "nvs, data, nvs, , 0x6000\nphy, data, phy, , 0x1000\n"
+        "factory, app, factory, , 1M\nstore, data, , , 4K\n"
+    )
     assert [(p.offset, p.size) for p in parts] == [
-        (0x9000, 0x6000), (0xF000, 0x1000), (0x10000, 0x100000), (0x110000, 0x1000)]
+        (0x9000, 0x6000),
+        (0xF000, 0x1000),
+        (0x10000, 0x100000),
+        (0x110000, 0x1000),
+    ]
     assert parts[3].subtype == 0x06  # empty data subtype means "undefined"
 
 
@@ -124,14 +137,21 @@ def test_unknown_board_lists_known_ones() -> None:
 
 def test_cli_writes_flashable_table(tmp_path: Path) -> None:
     out = tmp_path / "pt.bin"
-    proc = subprocess.run(["mpota", "partition-table", str(BOARD_4MB), "--out", str(out)],
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [tool("mpota"), "partition-table", str(BOARD_4MB), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "flash at 0x8000" in proc.stdout
     assert out.read_bytes() == boards.load(BOARD_4MB).table_binary()
 
 
 def test_cli_reports_bad_board(tmp_path: Path) -> None:
-    proc = subprocess.run(["mpota", "partition-table", str(tmp_path), "--out", str(tmp_path / "x")],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [tool("mpota"), "partition-table", str(tmp_path), "--out", str(tmp_path / "x")],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 1
     assert "no board definition" in proc.stderr

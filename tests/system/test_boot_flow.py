@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import BOARD_4MB, BOARD_8MB
+from helpers import tool
 from mpota_host.sim import runner
 from mpota_host.sim.harness import SimBoard
 
@@ -59,7 +60,9 @@ def test_bad_firmware_rolls_back(booted: SimBoard, firmware, behaviour: str) -> 
     booted.stage(firmware("2.0.0", behaviour))
     # boot.py arms the watchdog; main.py confirms only when the network works.
     booted.write_file("boot.py", ARM_WDT)
-    booted.write_file("main.py", """
+    booted.write_file(
+        "main.py",
+        """
 import machine, network
 w = network.WLAN(network.STA_IF)
 w.active(True)
@@ -67,11 +70,16 @@ w.connect("ssid", "key")
 if not w.isconnected():
     print("health check failed: no network")
     machine.reset()
-""" + CONFIRM + "machine.WDT(timeout=100000)\n")
+"""
+        + CONFIRM
+        + "machine.WDT(timeout=100000)\n",
+    )
     records = booted.boot(max_boots=4, timeout=20)
     first = {"crash": "panic", "hang": "wdt", "health-fail": "reset"}[behaviour]
     assert [(r.slot, r.behaviour, r.ended) for r in records] == [
-        ("ota_1", behaviour, first), ("ota_0", "healthy", "repl")]
+        ("ota_1", behaviour, first),
+        ("ota_0", "healthy", "repl"),
+    ]
     assert records[1].reset_cause == (3 if behaviour == "hang" else 2)
     assert slot_states(booted) == ("ota_0", ["seq=1 state=VALID", "seq=2 state=ABORTED"])
 
@@ -175,17 +183,25 @@ def test_power_cut_during_rollback_write(booted: SimBoard, firmware, tmp_path: P
 
 def test_cli_end_to_end(tmp_path: Path) -> None:
     def mpota(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["mpota", *args], capture_output=True, text=True, cwd=tmp_path,
-                              check=True)
+        return subprocess.run(
+            [tool("mpota"), *args], capture_output=True, text=True, cwd=tmp_path, check=True
+        )
 
     mpota("sim", "firmware", "--version", "1.0.0", "--out", "v1.bin")
     mpota("sim", "firmware", "--version", "2.0.0", "--behaviour", "crash", "--out", "v2.bin")
-    assert "ota_0 = v1.bin" in mpota("sim", "new", "--board", str(BOARD_4MB), "--firmware",
-                                     "v1.bin", "--flash", "b.flash").stdout
-    assert "boot 1: reset_cause=PWRON -> ota_0 v1.0.0 (healthy) -> repl" in mpota(
-        "sim", "boot", "--flash", "b.flash").stdout
-    assert "into ota_1" in mpota("sim", "stage", "--flash", "b.flash", "--firmware",
-                                 "v2.bin").stdout
+    assert (
+        "ota_0 = v1.bin"
+        in mpota(
+            "sim", "new", "--board", str(BOARD_4MB), "--firmware", "v1.bin", "--flash", "b.flash"
+        ).stdout
+    )
+    assert (
+        "boot 1: reset_cause=PWRON -> ota_0 v1.0.0 (healthy) -> repl"
+        in mpota("sim", "boot", "--flash", "b.flash").stdout
+    )
+    assert (
+        "into ota_1" in mpota("sim", "stage", "--flash", "b.flash", "--firmware", "v2.bin").stdout
+    )
     status = json.loads(mpota("sim", "status", "--flash", "b.flash", "--json").stdout)
     assert status["boot_slot"] == "ota_1"
     assert status["otadata"][1]["state"] == "NEW"
@@ -196,19 +212,43 @@ def test_cli_end_to_end(tmp_path: Path) -> None:
     assert "Guru Meditation" in out
     assert "boot_slot: ota_0" in mpota("sim", "status", "--flash", "b.flash").stdout
     assert "otadata" in mpota("sim", "counters", "--flash", "b.flash").stdout
-    fail = subprocess.run(["mpota", "sim", "boot", "--flash", "nope.flash"], capture_output=True,
-                          text=True, cwd=tmp_path)
+    fail = subprocess.run(
+        [tool("mpota"), "sim", "boot", "--flash", "nope.flash"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert fail.returncode == 2 and "does not exist" in fail.stderr
-    fail = subprocess.run(["mpota", "sim", "new", "--board", str(BOARD_4MB), "--firmware",
-                           "v1.bin", "--flash", "b.flash"], capture_output=True, text=True,
-                          cwd=tmp_path)
+    fail = subprocess.run(
+        [
+            tool("mpota"),
+            "sim",
+            "new",
+            "--board",
+            str(BOARD_4MB),
+            "--firmware",
+            "v1.bin",
+            "--flash",
+            "b.flash",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert fail.returncode == 1 and "already exists" in fail.stderr
 
 
 def test_every_command_has_help() -> None:
-    for args in (["--help"], ["partition-table", "--help"], ["sim", "--help"],
-                 ["sim", "firmware", "--help"], ["sim", "new", "--help"],
-                 ["sim", "stage", "--help"], ["sim", "boot", "--help"],
-                 ["sim", "status", "--help"], ["sim", "counters", "--help"]):
-        proc = subprocess.run(["mpota", *args], capture_output=True, text=True, check=True)
+    for args in (
+        ["--help"],
+        ["partition-table", "--help"],
+        ["sim", "--help"],
+        ["sim", "firmware", "--help"],
+        ["sim", "new", "--help"],
+        ["sim", "stage", "--help"],
+        ["sim", "boot", "--help"],
+        ["sim", "status", "--help"],
+        ["sim", "counters", "--help"],
+    ):
+        proc = subprocess.run([tool("mpota"), *args], capture_output=True, text=True, check=True)
         assert "Usage:" in proc.stdout
