@@ -3,10 +3,10 @@
 # health-fail, crash, hang) and executes boot.py and main.py from the
 # board's filesystem like MicroPython's esp32 port does.
 #
-# Run by the host harness (mpota_host.sim) as:  micropython simboot.py
+# Run by the host harness (mpota_host.sim) as:  micropython -m simrun simboot
 # with MPOTA_SIM_FLASH=<flash file> and MPOTA_SIM_RESET_CAUSE=<int>;
 # MPOTA_SIM_SOFT=1 after a soft reset (the bootloader does not run again).
-# "simboot.py --status" only reports what the bootloader would do.
+# "simboot --status" only reports what the bootloader would do.
 import json
 import os
 import sys
@@ -90,7 +90,7 @@ def bootloader_stage(board):
                          "length": info.length}}
 
 
-def main():
+def main(hold_heap):
     board = simboard.board()
     if len(sys.argv) > 1 and sys.argv[1] == "--status":
         status(board)
@@ -107,13 +107,11 @@ def main():
         print("Guru Meditation Error: Core  1 panic'ed (LoadProhibited). Exception was unhandled.")
         board.die("panic")
     os.chdir(board.sim_dir + "/fs")
-    sys.path[:] = [sys.path[0], "", "lib"]
+    sys.path[:] = ["", "lib"] + sys.path
+    hold_heap()
     ns = {"__name__": "__main__"}
     run_file("boot.py", ns)
     if behaviour == "hang":
         freeze()
     run_file("main.py", ns)
     board.die("repl")
-
-
-main()

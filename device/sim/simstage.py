@@ -1,7 +1,7 @@
 # Stage a firmware file into the next OTA slot and set boot, the way an
 # update does it: Partition(RUNNING).get_next_update(), whole-block
 # writeblocks() from one 4096-byte buffer, then set_boot().
-# Usage (through the harness): micropython simstage.py FIRMWARE
+# Usage (through the harness): micropython -m simrun simstage FIRMWARE
 import sys
 
 import bootloader
@@ -22,8 +22,10 @@ def running_label(board):
     return part.label
 
 
-def main(path):
+def main(hold_heap):
+    path = sys.argv[1]
     board = simboard.board()
+    hold_heap()
     running = Partition(running_label(board))
     target = running.get_next_update()
     buf = bytearray(_BLOCK)
@@ -45,5 +47,3 @@ def main(path):
     target.set_boot()
     print("staged %s into %s (%d blocks), boot set" % (path, target.info()[4], block))
 
-
-main(sys.argv[1])

@@ -178,3 +178,22 @@ result([w.isconnected(), w.status()])
         board = new_board("1.0.0", behaviour=behaviour)
         board.boot(max_boots=1)
         assert results(run_device(board, code)) == [expected]
+
+
+def test_device_code_gets_its_heap_budget_in_one_piece(booted: SimBoard) -> None:
+    code = PRELUDE + """
+import gc
+gc.collect()
+free = gc.mem_free()
+def fits(n):
+    try:
+        bytearray(n)
+        return True
+    except MemoryError:
+        return False
+result([free, fits(int(free * 0.8)), fits(free + 4096)])
+"""
+    for heap, budget in (("32K", 32768), ("64K", 65536)):
+        ((free, big_fits, over_fits),) = results(run_device(booted, code, heapsize=heap))
+        assert budget - 6144 < free <= budget  # the snippet itself takes a few KB
+        assert big_fits and not over_fits

@@ -259,3 +259,37 @@ result(err(Partition(Partition.RUNNING).get_next_update))
 """,
     )
     assert out == [[-261, "ESP_ERR_NOT_FOUND"], [2]]
+
+
+def test_set_boot_checks_chip_id_and_truncation(booted: SimBoard, tmp_path) -> None:
+    from mpota_host.firmware import build_image
+
+    s3 = tmp_path / "s3.bin"
+    s3.write_bytes(build_image("2.0.0", size=16384, chip_id=9))
+    truncated = tmp_path / "cut.bin"
+    truncated.write_bytes(build_image("2.0.0", size=16384)[:-32])
+    for image in (s3, truncated):
+        run = booted.run("simstage", [str(image)])
+        assert "ESP_ERR_OTA_VALIDATE_FAILED" in run.output, run.output
+    assert otadata(booted)[1] == (0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF)
+
+
+def test_set_boot_to_the_running_slot_keeps_the_sequence(booted: SimBoard) -> None:
+    device(booted, """
+from esp32 import Partition
+Partition("ota_0").set_boot()
+result(1)
+""")
+    # esp_rewrite_ota_data: smallest seq >= current that maps to ota_0 is 1 again,
+    # written NEW into the other sector; on a tie sector 0 wins, so nothing changes.
+    assert otadata(booted) == [(1, 2, esp_crc(1)), (1, 0, esp_crc(1))]
+    assert booted.status()["boot_slot"] == "ota_0"
+
+
+def test_update_fits_a_64k_heap(booted: SimBoard, firmware) -> None:
+    image = firmware("2.0.0", size=1536 * 1024)
+    run = booted.run("simstage", [str(image)], heapsize="64K")
+    assert run.ended == "exit:0", run.output
+    booted.write_file("main.py", "")
+    records = booted.boot(max_boots=1, heapsize="64K")
+    assert (records[0].slot, records[0].version, records[0].ended) == ("ota_1", "2.0.0", "repl")

@@ -11,7 +11,6 @@ import pytest
 
 from conftest import BOARD_4MB, BOARD_8MB
 from helpers import tool
-from mpota_host.sim import runner
 from mpota_host.sim.harness import SimBoard
 
 # A minimal "agent": confirm the running image if it is on probation.
@@ -124,7 +123,7 @@ def _copy_board(template: SimBoard, dest: Path) -> SimBoard:
 
 def _update_story(board: SimBoard, image: Path) -> str:
     """Stage, reboot, confirm. Returns 'done' or where the power was lost."""
-    run = board.run(runner.SIM_DIR / "simstage.py", [str(image)])
+    run = board.run("simstage", [str(image)])
     if run.ended.startswith("power-cut"):
         return "stage"
     assert run.ended == "exit:0", run.output

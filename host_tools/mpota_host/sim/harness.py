@@ -178,7 +178,7 @@ class SimBoard:
 
     def run(
         self,
-        script: Path,
+        script: str | Path,
         args: list[str] | None = None,
         env: dict[str, str] | None = None,
         heapsize: str = runner.DEFAULT_HEAP,
@@ -229,7 +229,7 @@ class SimBoard:
             if soft:
                 env["MPOTA_SIM_SOFT"] = "1"
             result = runner.run(
-                self.flash, runner.SIM_DIR / "simboot.py", env=env, heapsize=heapsize,
+                self.flash, "simboot", env=env, heapsize=heapsize,
                 timeout=timeout, echo=echo,
             )
             facts = self.boot_facts() if result.ended != "no-app" else {}
@@ -266,7 +266,7 @@ class SimBoard:
         firmware = Path(firmware).resolve()
         if not firmware.is_file():
             raise SimulatorError(f"no firmware file {firmware}")
-        result = self.run(runner.SIM_DIR / "simstage.py", [str(firmware)], echo=echo)
+        result = self.run("simstage", [str(firmware)], echo=echo)
         if result.ended != "exit:0":
             raise SimulatorError(
                 f"staging {firmware.name} failed ({result.ended}):\n{result.output}"
@@ -275,7 +275,7 @@ class SimBoard:
 
     def status(self) -> dict[str, Any]:
         """Slots and their firmware, both otadata entries, and the slot booted next."""
-        result = self.run(runner.SIM_DIR / "simboot.py", ["--status"])
+        result = self.run("simboot", ["--status"])
         for line in result.output.splitlines():
             if line.startswith("STATUS "):
                 status: dict[str, Any] = json.loads(line[len("STATUS ") :])

@@ -1,0 +1,73 @@
+# Entry point of every process on the simulated board.
+#
+#   micropython -m simrun simboot [--status]   one power-on (bootloader + firmware)
+#   micropython -m simrun simstage FIRMWARE    stage an image as an update would
+#   micropython -m simrun path/to/script.py    run a script as the running firmware
+#
+# On a real ESP32 the esp32, machine and network modules are C code in flash
+# and cost no GC heap.  Here they are Python, so they are loaded first and,
+# when MPOTA_SIM_HEAP_BUDGET is set, ballast takes the rest of the heap away:
+# device code then finds its budget free, in one piece, as on a fresh board.
+import gc
+import os
+import sys
+
+import esp32  # noqa: F401  (built into the firmware on a board)
+import machine  # noqa: F401
+import network  # noqa: F401
+import simboard
+
+_ballast = []
+
+
+def _largest_block():
+    lo, hi = 0, gc.mem_free()
+    while hi - lo > 64:
+        mid = (lo + hi) // 2
+        try:
+            probe = bytearray(mid)
+            del probe
+            lo = mid
+        except MemoryError:
+            hi = mid
+    return lo
+
+
+def hold_heap():
+    budget = os.getenv("MPOTA_SIM_HEAP_BUDGET")
+    if not budget:
+        return
+    budget = int(budget)
+    gc.collect()
+    if gc.mem_free() < budget:
+        raise MemoryError("the simulator needs %d more bytes of heap" % (budget - gc.mem_free()))
+    # The largest free block is the heap's tail: keep its last `budget` bytes.
+    tail = _largest_block()
+    gc.collect()
+    if tail > budget + 256:
+        _ballast.append(bytearray(tail - budget - 64))
+    # Fill the holes the sim's loading left (first fit puts small blocks there).
+    while gc.mem_free() > budget + 128:
+        _ballast.append(bytearray(32))
+
+
+def run_script(path, ns):
+    with open(path) as f:
+        src = f.read()
+    exec(compile(src, path, "exec"), ns)
+
+
+def main():
+    target = sys.argv[1]
+    sys.argv.pop(0)
+    board = simboard.board()
+    if target.endswith(".py"):
+        os.chdir(board.sim_dir + "/fs")
+        sys.path[:] = ["", "lib"] + sys.path
+        hold_heap()
+        run_script(target, {"__name__": "__main__"})
+    else:
+        __import__(target).main(hold_heap)
+
+
+main()
