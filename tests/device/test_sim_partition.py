@@ -293,3 +293,31 @@ def test_update_fits_a_64k_heap(booted: SimBoard, firmware) -> None:
     booted.write_file("main.py", "")
     records = booted.boot(max_boots=1, heapsize="64K")
     assert (records[0].slot, records[0].version, records[0].ended) == ("ota_1", "2.0.0", "repl")
+
+
+def test_power_cut_tears_the_operation_and_kills_at_once(booted: SimBoard) -> None:
+    device(booted, """
+from esp32 import Partition
+Partition("ota_1").writeblocks(0, bytearray(4096))
+result(1)
+""")
+    booted.cut_power_at(1)
+    run = run_device(booted, PRELUDE + """
+from esp32 import Partition
+try:
+    Partition("ota_1").writeblocks(0, b"\\x55" * 4096)
+finally:
+    result("finally ran")
+""")
+    booted.cut_power_at(None)
+    assert run.ended == "power-cut erase 0x190000"
+    assert "finally ran" not in run.output
+    sector = booted.flash.read_bytes()[0x190000:0x191000]
+    assert sector[:2048] == b"\xff" * 2048  # the erase got half-way
+    assert sector[2048:] == b"\x00" * 2048
+    booted.cut_power_at(2)
+    run_device(booted, "from esp32 import Partition\n"
+               "Partition('ota_1').writeblocks(0, b'\\x55' * 4096)\n")
+    booted.cut_power_at(None)
+    sector = booted.flash.read_bytes()[0x190000:0x191000]
+    assert sector[:2048] == b"\x55" * 2048 and sector[2048:] == b"\xff" * 2048
