@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -51,3 +54,25 @@ def tool(name: str) -> str:
     """A console script of this environment (mpota, esptool...), found next to Python."""
     path = Path(sys.executable).with_name(name)
     return str(path) if path.exists() else name
+
+
+def run_unix(code: str, heapsize: str = "2M", timeout: float = 120.0) -> tuple[int, str]:
+    """Run a snippet on the bare unix port with the compiled mpota package importable."""
+    from mpota_host.sim import runner
+
+    script = Path(tempfile.mkdtemp(prefix="mpota-unix-")) / "snippet.py"
+    script.write_text(textwrap.dedent(code))
+    env = dict(os.environ, MICROPYPATH=str(runner.compiled_agent()))
+    proc = subprocess.run(
+        [runner.micropython_command(), "-X", f"heapsize={heapsize}", str(script)],
+        capture_output=True, text=True, env=env, timeout=timeout,
+    )
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def unix_results(code: str, heapsize: str = "2M") -> list[Any]:
+    rc, out = run_unix(PRELUDE + code, heapsize)
+    lines = [json.loads(line[7:]) for line in out.splitlines() if line.startswith("RESULT ")]
+    if rc != 0 or not lines:
+        raise AssertionError(f"unix port exited {rc}:\n{out}")
+    return lines

@@ -7,14 +7,16 @@ stderr and an exit code.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
 import click
 
-from . import __version__
+from . import __version__, keys, release
 from . import board as boards
-from .errors import MpotaError
+from .appimage import inspect_image
+from .errors import MpotaError, ReleaseError
 from .firmware import BEHAVIOURS, DEFAULT_SIZE, write_image
 from .sim.harness import CAUSE_NAMES, BootRecord, SimBoard
 
@@ -49,6 +51,115 @@ def partition_table_cmd(board_dir: str, out: Path) -> None:
     for p in board.partitions:
         click.echo(f"  {p.label:<10} {p.type_name:<5} {p.subtype_name:<9} "
                    f"0x{p.offset:06x} 0x{p.size:06x}")
+
+
+@cli.command("keygen")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Directory for signing.pem (private, 0600) and signing.pub.pem.")
+@click.option("--passphrase", is_flag=True,
+              help="Encrypt the private key (passphrase asked for, or $MPOTA_KEY_PASSPHRASE).")
+def keygen_cmd(out: Path, passphrase: bool) -> None:
+    """Create an ECDSA P-256 signing key pair; never overwrites an existing key."""
+    secret = None
+    if passphrase:
+        text = os.environ.get(keys.PASSPHRASE_ENV) or click.prompt(
+            "Passphrase", hide_input=True, confirmation_prompt=True)
+        secret = text.encode()
+    pair = keys.generate(out, secret)
+    click.echo(f"private key: {pair.private} (keep it secret, mode 0600)")
+    click.echo(f"public key:  {pair.public} (install on devices)")
+    click.echo(f"key id:      {pair.key_id}")
+
+
+@cli.command("release")
+@click.argument("firmware", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--version", "version", required=True, help="Version shown to people (e.g. 1.4.2).")
+@click.option("--version-code", type=click.IntRange(0, 0x7FFFFFFF), required=True,
+              help="Integer that must grow with every release; devices refuse lower ones.")
+@click.option("--board", "board_name", required=True, help="Board name or directory.")
+@click.option("--key", "key_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              required=True, help="Private signing key (signing.pem).")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Release directory to create.")
+@click.option("--security-counter", type=click.IntRange(0, 0x7FFFFFFF), default=0,
+              show_default=True, help="Anti-rollback floor devices raise after confirming.")
+@click.option("--expires", help="Expiry: YYYY-MM-DD, YYYY-MM-DDTHH:MM:SSZ, or 30d / 12h.")
+@click.option("--min-version-code", type=click.IntRange(0, 0x7FFFFFFF),
+              help="Devices must run at least this version_code first.")
+@click.option("--notes", help="Release notes (short).")
+def release_cmd(firmware: Path, version: str, version_code: int, board_name: str,
+                key_path: Path, out: Path, security_counter: int, expires: str | None,
+                min_version_code: int | None, notes: str | None) -> None:
+    """Check FIRMWARE with esptool and write a signed release directory."""
+    key = keys.load_private(key_path)
+    when = release.parse_when(expires) if expires else None
+    fields = release.make_release(firmware, out, board_name, version, version_code, key,
+                                  security_counter, when, min_version_code, notes)
+    click.echo(f"{out}: release {fields['version']} (version_code {fields['version_code']}) "
+               f"for {fields['board']}, {fields['size']} bytes, signed by key {fields['key_id']}")
+
+
+@cli.command("verify")
+@click.argument("reldir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--pubkey", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              required=True, help="The public key devices trust (signing.pub.pem).")
+@click.option("--board", "board_name", help="Check against this board instead of the manifest's.")
+def verify_cmd(reldir: Path, pubkey: Path, board_name: str | None) -> None:
+    """Check a release as a device would; exit 0 only when every check holds."""
+    report = release.verify_release(reldir, keys.load_public(pubkey), board_name=board_name)
+    for check in report.checks:
+        click.echo(f"  {'ok  ' if check.ok else 'FAIL'} {check.name:<16} {check.message}")
+    if not report.ok:
+        failed = ", ".join(c.name for c in report.checks if not c.ok)
+        raise ReleaseError(f"{reldir} failed verification: {failed}")
+    click.echo(f"{reldir}: valid release")
+
+
+@cli.command("inspect")
+@click.argument("target", type=click.Path(exists=True, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def inspect_cmd(target: Path, as_json: bool) -> None:
+    """Show a release directory or a firmware image."""
+    info = _inspect_release(target) if target.is_dir() else _inspect_image(target)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    for key, value in info.items():
+        click.echo(f"{key:<18} {value}")
+
+
+def _inspect_release(reldir: Path) -> dict[str, object]:
+    raw, sig, payload = release.read_release(reldir)
+    try:
+        fields = json.loads(raw)
+    except ValueError as e:
+        raise ReleaseError(f"{reldir / release.MANIFEST} is not JSON: {e}") from e
+    size, digest = release.sha256_file(payload)
+    info: dict[str, object] = {"release": str(reldir)}
+    for name in ("version", "version_code", "board", "chip_id", "security_counter", "size",
+                 "sha256", "payload_size", "key_id", "created", "expires", "min_version_code",
+                 "notes"):
+        if fields.get(name) is not None:
+            info[name] = fields[name]
+    info["encrypted"] = fields.get("encryption") is not None
+    info["signature_bytes"] = len(sig)
+    info["payload_matches"] = size == fields.get("payload_size") and digest == fields.get(
+        "payload_sha256")
+    return info
+
+
+def _inspect_image(path: Path) -> dict[str, object]:
+    facts = inspect_image(path)
+    info: dict[str, object] = {
+        "firmware": str(path), "size": facts.size, "chip": facts.chip_name,
+        "chip_id": facts.chip_id, "segments": facts.segments,
+        "checksum_valid": facts.checksum_valid, "hash_appended": facts.hash_appended,
+        "hash_valid": facts.hash_valid, "app_version": facts.version or "(empty)",
+        "project": facts.project or "(empty)",
+    }
+    if facts.sim is not None:
+        info["simulated_behaviour"] = facts.sim.behaviour
+    return info
 
 
 @cli.group()

@@ -33,3 +33,11 @@ class FirmwareError(MpotaError):
 
 class SimulatorError(MpotaError):
     """The simulated board could not be created, booted or read."""
+
+
+class KeyFileError(MpotaError):
+    """A key file is missing, unreadable, locked without a passphrase, or would be overwritten."""
+
+
+class ReleaseError(MpotaError):
+    """A release could not be made, or a release directory is not a release."""

