@@ -39,8 +39,8 @@ def parse_public_key(key):
             except ValueError:
                 raise TrustedKeyError("public key is neither PEM nor hex")
     key = bytes(key)
-    if len(key) == len(_SPKI_P256) + 65:
-        if key[: len(_SPKI_P256)] != _SPKI_P256:
+    if key[:1] == b"\x30":  # DER SubjectPublicKeyInfo
+        if len(key) != len(_SPKI_P256) + 65 or key[: len(_SPKI_P256)] != _SPKI_P256:
             raise TrustedKeyError("public key is not an ECDSA P-256 key (wrong algorithm or curve)")
         key = key[len(_SPKI_P256):]
     point = p256.decode_point(key)

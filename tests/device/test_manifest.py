@@ -1,0 +1,310 @@
+"""Manifest checks on the device (unix port) against releases signed on the host."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from helpers import unix_results
+from mpota_host import keys
+
+NOW = 1_790_000_000  # 2026-09-21, a trusted clock
+BASE: dict[str, Any] = {
+    "format": 1, "board": "esp32-generic-4mb", "chip_id": 0, "version": "2.0.0",
+    "version_code": 2, "security_counter": 1, "size": 65536, "sha256": "ab" * 32,
+    "payload_size": 65536, "payload_sha256": "ab" * 32, "created": "2026-09-01T00:00:00Z",
+    "expires": "2026-12-01T00:00:00Z", "encryption": None,
+}
+# running version_code 1, security floor 1, 4 MiB board slot
+FACTS = 'manifest.Facts("esp32-generic-4mb", 0, 1, 1, 0x180000, {now})'
+
+DEVICE = """
+import binascii
+from mpota import manifest, keys, errors
+with open({pub!r}) as f:
+    trusted = keys.TrustedKeys([f.read()])
+def attempt(raw, sig, facts):
+    try:
+        m = manifest.check(raw, sig, trusted, facts)
+        return ["ok", m.version_code, m.signed_by]
+    except errors.ManifestError as e:
+        return [e.__class__.__name__, str(e)]
+    except Exception as e:
+        return ["CRASH " + e.__class__.__name__, str(e)]
+cases = []
+with open({cases!r}) as f:
+    for line in f:
+        raw, sig, now = json.loads(line)
+        cases.append((binascii.unhexlify(raw), binascii.unhexlify(sig), now))
+for raw, sig, now in cases:
+    result(attempt(raw, sig, {facts}))
+"""
+
+
+class Signer:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        self.id = keys.key_id(self.key.public_key())
+        self.pub = tmp / f"{self.id}.pub.pem"
+        from cryptography.hazmat.primitives import serialization
+
+        self.pub.write_bytes(self.key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+
+    def manifest(self, **changes: Any) -> bytes:
+        fields = dict(BASE, key_id=self.id)
+        fields.update(changes)
+        fields = {k: v for k, v in fields.items() if v is not DROP}
+        return json.dumps(fields, sort_keys=True).encode()
+
+    def sign(self, raw: bytes) -> bytes:
+        return keys.sign(self.key, raw)
+
+
+DROP = object()
+
+
+@pytest.fixture
+def signer(tmp_path: Path) -> Signer:
+    return Signer(tmp_path)
+
+
+def on_device(signer: Signer, cases: list[tuple[bytes, bytes, int | None]],
+              pub: Path | None = None) -> list[Any]:
+    path = signer.tmp / "cases.jsonl"
+    path.write_text("".join(json.dumps([r.hex(), s.hex(), n]) + "\n" for r, s, n in cases))
+    code = DEVICE.format(pub=str(pub or signer.pub), cases=str(path),
+                         facts=FACTS.format(now="now"))
+    return unix_results(code)
+
+
+def one(signer: Signer, raw: bytes, sig: bytes | None = None, now: int | None = NOW) -> list[Any]:
+    (out,) = on_device(signer, [(raw, signer.sign(raw) if sig is None else sig, now)])
+    return out
+
+
+def test_host_signed_release_is_accepted(signer: Signer) -> None:
+    assert one(signer, signer.manifest()) == ["ok", 2, signer.id]
+
+
+def test_every_single_byte_change_of_the_manifest_is_rejected(signer: Signer) -> None:
+    raw = signer.manifest()
+    sig = signer.sign(raw)
+    code = DEVICE.format(pub=str(signer.pub), cases="/dev/null", facts="None") + f"""
+raw = binascii.unhexlify({raw.hex()!r})
+sig = binascii.unhexlify({sig.hex()!r})
+facts = {FACTS.format(now=NOW)}
+accepted = []
+kinds = {{}}
+for i in range(len(raw)):
+    bad = bytearray(raw)
+    bad[i] ^= 0x01
+    out = attempt(bytes(bad), sig, facts)
+    kinds[out[0]] = kinds.get(out[0], 0) + 1
+    if out[0] == "ok":
+        accepted.append(i)
+result([len(raw), accepted, kinds])
+"""
+    ((length, accepted, kinds),) = unix_results(code)
+    assert length == len(raw) and accepted == []
+    assert set(kinds) <= {"SignatureError", "UnknownKeyError"}  # never a crash
+
+
+def test_sampled_single_byte_changes_of_the_signature_are_rejected(signer: Signer) -> None:
+    raw = signer.manifest()
+    sig = signer.sign(raw)
+    cases = []
+    for i in range(0, 64, 3):
+        for flip in (0x01, 0x80):
+            bad = bytearray(sig)
+            bad[i] ^= flip
+            cases.append((raw, bytes(bad), NOW))
+    outs = on_device(signer, cases)
+    assert {o[0] for o in outs} == {"SignatureError"}
+
+
+def test_manifest_too_large_is_refused_unread(signer: Signer) -> None:
+    raw = signer.manifest(notes="x" * 5000)
+    out = one(signer, raw)
+    assert out[0] == "ManifestTooLarge" and "limit is 4096" in out[1]
+
+
+def test_signature_of_wrong_length(signer: Signer) -> None:
+    out = one(signer, signer.manifest(), sig=b"\x01" * 63)
+    assert out == ["SignatureError", "signature is 63 bytes, expected 64 (raw r||s)"]
+
+
+def test_wrong_key_is_unknown(signer: Signer, tmp_path: Path) -> None:
+    (tmp_path / "other").mkdir()
+    other = Signer(tmp_path / "other")
+    raw = other.manifest()
+    out = one(signer, raw, sig=other.sign(raw))
+    assert out[0] == "UnknownKeyError" and other.id in out[1] and signer.id in out[1]
+
+
+def test_signed_by_trusted_key_but_naming_another(signer: Signer) -> None:
+    out = one(signer, signer.manifest(key_id="0123456789abcdef"))
+    assert out[0] == "ManifestFormatError" and "was signed by " + signer.id in out[1]
+
+
+@pytest.mark.parametrize(("changes", "kind", "words"), [
+    ({"board": "esp32-generic-8mb"}, "BoardMismatch", "'esp32-generic-8mb', this is"),
+    ({"chip_id": 9}, "ChipMismatch", "chip id 9, this chip is 0"),
+    ({"version_code": 1}, "RollbackError", "version_code 1 is not newer than the running 1"),
+    ({"version_code": 0}, "RollbackError", "not newer"),
+    ({"min_version_code": 2, "version_code": 3}, "RollbackError", "needs version_code 2"),
+    ({"security_counter": 0}, "SecurityCounterError", "0 is below this device's floor 1"),
+    ({"expires": "2026-09-01T00:00:00Z"}, "ExpiredError", "expired at 2026-09-01T00:00:00Z"),
+    ({"size": 0x180001, "payload_size": 0x180001}, "SlotTooSmall", "slot holds 1572864"),
+])
+def test_each_policy_rejection(signer: Signer, changes: dict[str, Any], kind: str,
+                               words: str) -> None:
+    out = one(signer, signer.manifest(**changes))
+    assert out[0] == kind and words in out[1], out
+
+
+def test_expiry_is_ignored_without_a_trusted_clock(signer: Signer) -> None:
+    raw = signer.manifest(expires="2020-01-01T00:00:00Z")
+    assert one(signer, raw, now=None)[0] == "ok"
+    assert one(signer, raw, now=NOW)[0] == "ExpiredError"
+
+
+@pytest.mark.parametrize(("raw", "words"), [
+    (b"this is not json", "not valid JSON"),
+    (b"[1, 2, 3]", "must be a JSON object, not list"),
+    (b"\xff\xfe{}", "not valid JSON"),
+    (b"[" * 2000 + b"]" * 2000, "must be a JSON object, not list"),
+    (b"[" * 4000, "not valid JSON"),
+    (b'{"notes": "' + b"x" * 4000 + b'"}', "lacks the required field"),
+    (b'{"a": ' * 600 + b"1" + b"}" * 600, "lacks the required field"),
+])
+def test_malformed_signed_manifests(signer: Signer, raw: bytes, words: str) -> None:
+    out = one(signer, raw)
+    assert out[0] in ("ManifestFormatError", "ManifestTooLarge") and (
+        words in out[1] or out[0] == "ManifestTooLarge"), out
+
+
+@pytest.mark.parametrize(("changes", "words"), [
+    ({"version_code": "2"}, "'version_code' must be int, not str"),
+    ({"version_code": True}, "'version_code' must be int, not bool"),
+    ({"version_code": -1}, "outside 0..2147483647"),
+    ({"version": "v" * 500}, "'version' must be 1-31 characters, not 500"),
+    ({"board": DROP}, "lacks the required field 'board'"),
+    ({"sha256": "AB" * 32}, "64 lowercase hex"),
+    ({"expires": "tomorrow"}, "is not YYYY-MM-DDTHH:MM:SSZ"),
+    ({"format": 2}, "format 2 is not supported"),
+    ({"payload_size": 1}, "unencrypted payload must have the image's size"),
+    ({"encryption": [1]}, "'encryption' must be dict, not list"),
+])
+def test_wrong_fields(signer: Signer, changes: dict[str, Any], words: str) -> None:
+    out = one(signer, signer.manifest(**changes))
+    assert out[0] == "ManifestFormatError" and words in out[1], out
+
+
+def test_key_rotation_trusts_several_keys(signer: Signer, tmp_path: Path) -> None:
+    (tmp_path / "new").mkdir()
+    new = Signer(tmp_path / "new")
+    raw_old, raw_new = signer.manifest(), new.manifest()
+    code = f"""
+import binascii
+from mpota import manifest, keys, errors
+facts = {FACTS.format(now=NOW)}
+with open({str(signer.pub)!r}) as f:
+    old_pem = f.read()
+with open({str(new.pub)!r}) as f:
+    new_pem = f.read()
+ks = keys.TrustedKeys([old_pem, new_pem])
+result(ks.ids())
+for raw, sig in (({raw_old.hex()!r}, {signer.sign(raw_old).hex()!r}),
+                 ({raw_new.hex()!r}, {new.sign(raw_new).hex()!r})):
+    result(manifest.check(binascii.unhexlify(raw), binascii.unhexlify(sig), ks, facts).signed_by)
+ks.remove({signer.id!r})
+try:
+    manifest.check(binascii.unhexlify({raw_old.hex()!r}),
+                   binascii.unhexlify({signer.sign(raw_old).hex()!r}), ks, facts)
+except errors.UnknownKeyError as e:
+    result("retired key refused")
+"""
+    out = unix_results(code)
+    assert out == [sorted([signer.id, new.id]), signer.id, new.id, "retired key refused"]
+
+
+def test_trusted_key_forms(signer: Signer) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    der = signer.key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    point = keys.point_bytes(signer.key.public_key())
+    rsa_like = bytes.fromhex("3059301306072a8648ce3d020106052b81040022034200") + point[:66]
+    code = f"""
+from mpota import keys, errors
+def add(k):
+    try:
+        return keys.TrustedKeys([k]).ids()[0]
+    except errors.TrustedKeyError as e:
+        return "error: " + str(e)
+result(add(binascii.unhexlify({der.hex()!r})))
+result(add({point.hex()!r}))
+result(add(binascii.unhexlify({point[:33].hex()!r})))
+result(add("-----BEGIN PUBLIC KEY-----\\nnot base64\\n-----END PUBLIC KEY-----"))
+result(add(binascii.unhexlify({(point[:-1] + bytes([point[-1] ^ 1])).hex()!r})))
+result(add(binascii.unhexlify({rsa_like.hex()!r})))
+"""
+    out = unix_results("import binascii\n" + code)
+    assert out[0] == out[1] == signer.id
+    assert out[2].startswith("error: public key is not a point")  # x alone, bad prefix
+    assert out[3].startswith("error: ")
+    assert out[4] == "error: public key is not a point on P-256 (65 bytes)"
+    assert out[5] == "error: public key is not an ECDSA P-256 key (wrong algorithm or curve)"
+
+
+def test_no_trusted_keys(signer: Signer, tmp_path: Path) -> None:
+    code = f"""
+import binascii
+from mpota import manifest, keys, errors
+try:
+    manifest.check(b"{{}}", b"x" * 64, keys.TrustedKeys(), {FACTS.format(now=NOW)})
+except errors.UnknownKeyError as e:
+    result(str(e))
+"""
+    assert unix_results(code) == ["no trusted signing keys are configured: install one first"]
+
+
+def test_epoch_seconds_matches_cpython() -> None:
+    import calendar
+    import time
+
+    stamps = ["1970-01-01T00:00:00Z", "2000-02-29T12:34:56Z", "2026-12-31T23:59:59Z",
+              "2100-03-01T00:00:00Z"]
+    code = "from mpota import manifest\n" + "".join(
+        f"result(manifest.epoch_seconds({s!r}))\n" for s in stamps)
+    expected = [calendar.timegm(time.strptime(s, "%Y-%m-%dT%H:%M:%SZ")) for s in stamps]
+    assert unix_results(code) == expected
+
+
+def test_a_release_made_by_mpota_release_passes_on_the_device(tmp_path: Path, firmware) -> None:
+    from mpota_host import release
+
+    pair = keys.generate(tmp_path / "keys")
+    rel = tmp_path / "rel"
+    release.make_release(firmware("2.0.0"), rel, "esp32-generic-4mb", "2.0.0", 7,
+                         keys.load_private(pair.private), security_counter=3, expires=None)
+    code = f"""
+from mpota import manifest, keys
+with open({str(pair.public)!r}) as f:
+    trusted = keys.TrustedKeys([f.read()])
+with open({str(rel / "manifest.json")!r}, "rb") as f:
+    raw = f.read()
+with open({str(rel / "manifest.sig")!r}, "rb") as f:
+    sig = f.read()
+m = manifest.check(raw, sig, trusted, manifest.Facts("esp32-generic-4mb", 0, 6, 3, 0x180000,
+                                                     {NOW}))
+result([m.version, m.version_code, m.security_counter, m.signed_by, m.size])
+"""
+    (out,) = unix_results(code)
+    assert out == ["2.0.0", 7, 3, pair.key_id, firmware("2.0.0").stat().st_size]

@@ -1,0 +1,220 @@
+"""keygen / release / verify / inspect, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from conftest import BOARD_8MB
+from helpers import tool
+from mpota_host import keys, release
+from mpota_host.errors import FirmwareError, KeyFileError, ReleaseError
+from mpota_host.firmware import build_image
+
+
+def mpota(*args: str, cwd: Path, env: dict[str, str] | None = None,
+          check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([tool("mpota"), *args], capture_output=True, text=True, cwd=cwd,
+                          env=dict(os.environ, **(env or {})))
+    if check and proc.returncode != 0:
+        raise AssertionError(f"mpota {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture
+def signed(tmp_path: Path, firmware: Callable[..., Path]) -> Path:
+    """A key pair in keys/ and a release of v2 in rel/."""
+    mpota("keygen", "--out", "keys", cwd=tmp_path)
+    mpota("release", str(firmware("2.0.0")), "--version", "2.0.0", "--version-code", "2",
+          "--board", "esp32-generic-4mb", "--key", "keys/signing.pem", "--out", "rel",
+          "--expires", "30d", cwd=tmp_path)
+    return tmp_path
+
+
+def failed_checks(tmp_path: Path, reldir: str = "rel", *extra: str) -> list[str]:
+    proc = mpota("verify", reldir, "--pubkey", "keys/signing.pub.pem", *extra, cwd=tmp_path,
+                 check=False)
+    assert proc.returncode != 0, proc.stdout
+    assert "failed verification" in proc.stderr
+    # lines look like "  FAIL payload hash     payload SHA-256 ..."
+    return [line[7:23].strip() for line in proc.stdout.splitlines() if line[2:6] == "FAIL"]
+
+
+def test_keygen_writes_private_key_0600_and_prints_id(tmp_path: Path) -> None:
+    out = mpota("keygen", "--out", "k", cwd=tmp_path).stdout
+    mode = stat.S_IMODE((tmp_path / "k" / "signing.pem").stat().st_mode)
+    assert mode == 0o600
+    key_id = keys.key_id(keys.load_public(tmp_path / "k" / "signing.pub.pem"))
+    assert f"key id:      {key_id}" in out
+    again = mpota("keygen", "--out", "k", cwd=tmp_path, check=False)
+    assert again.returncode == 1 and "never overwrites a key" in again.stderr
+
+
+def test_passphrase_protected_key(tmp_path: Path, firmware: Callable[..., Path]) -> None:
+    env = {keys.PASSPHRASE_ENV: "correct horse"}
+    mpota("keygen", "--out", "k", "--passphrase", cwd=tmp_path, env=env)
+    assert b"ENCRYPTED" in (tmp_path / "k" / "signing.pem").read_bytes()
+    args = ["release", str(firmware("2.0.0")), "--version", "2", "--version-code", "2",
+            "--board", "esp32-generic-4mb", "--key", "k/signing.pem", "--out", "r"]
+    locked = mpota(*args, cwd=tmp_path, env={keys.PASSPHRASE_ENV: ""}, check=False)
+    assert locked.returncode == 1 and "is encrypted" in locked.stderr
+    wrong = mpota(*args, cwd=tmp_path, env={keys.PASSPHRASE_ENV: "wrong"}, check=False)
+    assert wrong.returncode == 1 and "wrong passphrase" in wrong.stderr
+    mpota(*args, cwd=tmp_path, env=env)
+    assert (tmp_path / "r" / "manifest.sig").stat().st_size == 64
+
+
+def test_release_and_verify(signed: Path) -> None:
+    manifest = json.loads((signed / "rel" / "manifest.json").read_text())
+    assert manifest["version_code"] == 2 and manifest["board"] == "esp32-generic-4mb"
+    assert manifest["key_id"] == keys.key_id(keys.load_public(signed / "keys/signing.pub.pem"))
+    out = mpota("verify", "rel", "--pubkey", "keys/signing.pub.pem", cwd=signed).stdout
+    assert "rel: valid release" in out and "FAIL" not in out
+
+
+def test_inspect_release_and_firmware(signed: Path, firmware: Callable[..., Path]) -> None:
+    info = json.loads(mpota("inspect", "rel", "--json", cwd=signed).stdout)
+    assert info["version"] == "2.0.0" and info["payload_matches"] is True
+    assert info["encrypted"] is False and info["expires"].endswith("Z")
+    text = mpota("inspect", str(firmware("2.0.0")), cwd=signed).stdout
+    assert "checksum_valid     True" in text and "simulated_behaviour healthy" in text
+
+
+def _tamper(path: Path, offset: int) -> None:
+    raw = bytearray(path.read_bytes())
+    raw[offset] ^= 0x01
+    path.write_bytes(raw)
+
+
+def test_verify_rejects_a_changed_manifest(signed: Path) -> None:
+    _tamper(signed / "rel" / "manifest.json", 40)
+    assert "signature" in failed_checks(signed)
+
+
+def test_verify_rejects_a_changed_signature(signed: Path) -> None:
+    _tamper(signed / "rel" / "manifest.sig", 10)
+    assert failed_checks(signed) == ["signature"]
+
+
+def test_verify_rejects_another_key(signed: Path) -> None:
+    mpota("keygen", "--out", "other", cwd=signed)
+    proc = mpota("verify", "rel", "--pubkey", "other/signing.pub.pem", cwd=signed, check=False)
+    assert proc.returncode == 1
+    assert "FAIL signature" in proc.stdout and "FAIL key id" in proc.stdout
+
+
+def test_verify_rejects_a_changed_payload(signed: Path) -> None:
+    _tamper(signed / "rel" / "payload", 5000)
+    assert failed_checks(signed) == ["payload hash", "image hash"]
+
+
+def test_verify_rejects_a_truncated_or_padded_payload(signed: Path) -> None:
+    payload = signed / "rel" / "payload"
+    original = payload.read_bytes()
+    payload.write_bytes(original[:-1])
+    assert "payload size" in failed_checks(signed)
+    payload.write_bytes(original + b"\0")
+    assert "payload size" in failed_checks(signed)
+
+
+def test_verify_rejects_an_expired_release(tmp_path: Path, firmware: Callable[..., Path]) -> None:
+    mpota("keygen", "--out", "keys", cwd=tmp_path)
+    key = keys.load_private(tmp_path / "keys" / "signing.pem")
+    release.make_release(firmware("2.0.0"), tmp_path / "rel", "esp32-generic-4mb", "2", 2, key,
+                         expires=release.parse_when("2020-01-01"))
+    assert failed_checks(tmp_path) == ["expiry"]
+
+
+def test_verify_rejects_another_board(signed: Path, tmp_path: Path) -> None:
+    small = tmp_path / "small-board"
+    small.mkdir()
+    (small / "board.json").write_text(json.dumps({
+        "name": "small", "chip": "esp32", "chip_id": 0, "flash_size": 0x200000,
+        "slots": ["ota_0", "ota_1"]}))
+    (small / "partitions.csv").write_text(
+        "nvs, data, nvs, 0x9000, 0x4000\notadata, data, ota, 0xd000, 0x2000\n"
+        "ota_0, app, ota_0, 0x10000, 0xc000\nota_1, app, ota_1, 0x20000, 0xc000\n")
+    assert failed_checks(signed, "rel", "--board", str(small)) == ["board", "fits slot"]
+    assert failed_checks(signed, "rel", "--board", str(BOARD_8MB)) == ["board"]
+
+
+def test_verify_rejects_a_malformed_manifest(signed: Path) -> None:
+    key = keys.load_private(signed / "keys" / "signing.pem")
+    for raw, words in ((b"not json", "not valid JSON"),
+                       (json.dumps({"format": 1}).encode(), "missing required field 'board'"),
+                       (b"x" * 5000, "limit 4096")):
+        (signed / "rel" / "manifest.json").write_bytes(raw)
+        (signed / "rel" / "manifest.sig").write_bytes(keys.sign(key, raw))
+        proc = mpota("verify", "rel", "--pubkey", "keys/signing.pub.pem", cwd=signed,
+                     check=False)
+        assert proc.returncode == 1 and words in proc.stdout, proc.stdout
+
+
+def test_verify_reports_a_missing_file(signed: Path) -> None:
+    (signed / "rel" / "payload").unlink()
+    proc = mpota("verify", "rel", "--pubkey", "keys/signing.pub.pem", cwd=signed, check=False)
+    assert proc.returncode == 1 and "missing payload" in proc.stderr
+
+
+@pytest.mark.parametrize(("make", "words"), [
+    (lambda p: p.write_bytes(build_image("2", size=8192, chip_id=9)), "built for esp32s3"),
+    (lambda p: p.write_bytes(build_image("2", size=0x181000)), "an app slot holds"),
+    (lambda p: p.write_bytes(b"\xe9" + b"\xff" * 0x7FFF + b"\xaa\x50" + b"\xff" * 100),
+     "full-flash image"),
+    (lambda p: p.write_text("hello"), "not an ESP32 app image"),
+])
+def test_release_preflight_refuses_and_leaves_nothing(
+    tmp_path: Path, make: Callable[[Path], None], words: str
+) -> None:
+    mpota("keygen", "--out", "keys", cwd=tmp_path)
+    bad = tmp_path / "bad.bin"
+    make(bad)
+    proc = mpota("release", "bad.bin", "--version", "2", "--version-code", "2", "--board",
+                 "esp32-generic-4mb", "--key", "keys/signing.pem", "--out", "rel", cwd=tmp_path,
+                 check=False)
+    assert proc.returncode == 1 and words in proc.stderr, proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.bin", "keys"]
+
+
+def test_release_is_atomic_and_never_overwrites(signed: Path, firmware: Callable[..., Path],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    key = keys.load_private(signed / "keys" / "signing.pem")
+    with pytest.raises(ReleaseError, match="never overwritten"):
+        release.make_release(firmware("3.0.0"), signed / "rel", "esp32-generic-4mb", "3", 3, key)
+
+    def broken_copy(*_: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(release.shutil, "copyfile", broken_copy)
+    with pytest.raises(OSError, match="No space left"):
+        release.make_release(firmware("3.0.0"), signed / "rel3", "esp32-generic-4mb", "3", 3, key)
+    assert sorted(p.name for p in signed.iterdir()) == ["keys", "rel"]
+
+
+def test_release_argument_errors(signed: Path, firmware: Callable[..., Path]) -> None:
+    base = ["release", str(firmware("2.0.0")), "--version", "2", "--board",
+            "esp32-generic-4mb", "--key", "keys/signing.pem", "--out", "r2"]
+    proc = mpota(*base, "--version-code", "-1", cwd=signed, check=False)
+    assert proc.returncode == 2 and "--version-code" in proc.stderr
+    proc = mpota(*base, "--version-code", "3", "--expires", "someday", cwd=signed, check=False)
+    assert proc.returncode == 1 and "is not YYYY-MM-DD" in proc.stderr
+    proc = mpota(*base, "--version-code", "3", "--notes", "n" * 2000, cwd=signed, check=False)
+    assert proc.returncode == 1 and "'notes' must be 1-1024 characters" in proc.stderr
+    proc = mpota(*[a if a != "keys/signing.pem" else "keys/signing.pub.pem" for a in base],
+                 "--version-code", "3", cwd=signed, check=False)
+    assert proc.returncode == 1 and "not a PEM private key" in proc.stderr
+
+
+def test_library_errors_are_typed(tmp_path: Path) -> None:
+    with pytest.raises(KeyFileError, match="cannot read"):
+        keys.load_public(tmp_path / "nope.pem")
+    key = ec.generate_private_key(ec.SECP256R1())
+    with pytest.raises(FirmwareError, match="cannot read firmware"):
+        release.make_release(tmp_path, tmp_path / "r", "esp32-generic-4mb", "1", 1, key)
