@@ -1,0 +1,1 @@
+"""mpota benchmarks: ``make bench`` (python -m bench)."""
