@@ -9,12 +9,9 @@ from typing import Any
 
 import pytest
 
+from helpers import BOARD_4MB
 from mpota_host.firmware import write_image
 from mpota_host.sim.harness import SimBoard
-
-REPO = Path(__file__).resolve().parents[1]
-BOARD_4MB = REPO / "boards" / "esp32-generic-4mb"
-BOARD_8MB = REPO / "boards" / "esp32-generic-8mb"
 
 
 @pytest.fixture(scope="session")

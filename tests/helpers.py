@@ -15,6 +15,10 @@ from typing import Any
 from mpota_host.sim.harness import SimBoard
 from mpota_host.sim.runner import Run
 
+REPO = Path(__file__).resolve().parents[1]
+BOARD_4MB = REPO / "boards" / "esp32-generic-4mb"
+BOARD_8MB = REPO / "boards" / "esp32-generic-8mb"
+
 
 def run_device(board: SimBoard, code: str, heapsize: str = "2M", timeout: float = 30.0) -> Run:
     """Run a MicroPython snippet on the board as the running firmware."""

@@ -59,3 +59,53 @@ class TrustedKeyError(OTAError):
     """A trusted key could not be read from the configuration."""
 
     code = "bad-key"
+
+
+class ConfigError(OTAError):
+    """The device configuration (mpota.json, NVS credentials) is missing or wrong."""
+
+    code = "config"
+
+
+class DownloadError(OTAError):
+    """The server answered with an HTTP error, or the transfer kept failing."""
+
+    code = "download"
+
+    def __init__(self, message, status=None):
+        OTAError.__init__(self, message)
+        self.status = status
+
+
+class TransportError(DownloadError):
+    """The connection failed, dropped or stalled (retried with backoff)."""
+
+    code = "transport"
+
+
+class TLSError(TransportError):
+    """The server's certificate is not signed by the pinned CA or names another host."""
+
+    code = "tls"
+
+
+class ImageError(OTAError):
+    """The written image does not match the signed manifest."""
+
+    code = "image"
+
+
+class StateError(OTAError):
+    """The request does not fit the agent's current state."""
+
+    code = "state"
+
+
+class BusyError(OTAError):
+    """The application said it is busy: the agent will not reboot now."""
+
+    code = "busy"
+
+
+class HealthCheckError(OTAError):
+    code = "health"

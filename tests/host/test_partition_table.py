@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BOARD_4MB, BOARD_8MB
-from helpers import tool
+from helpers import BOARD_4MB, BOARD_8MB, tool
 from mpota_host import board as boards
 from mpota_host import partition_table as pt
 from mpota_host.errors import BoardError, PartitionTableError

@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from conftest import BOARD_8MB
-from helpers import tool
+from helpers import BOARD_8MB, tool
 from mpota_host import keys, release
 from mpota_host.errors import FirmwareError, KeyFileError, ReleaseError
 from mpota_host.firmware import build_image

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BOARD_4MB, BOARD_8MB
-from helpers import tool
+from helpers import BOARD_4MB, BOARD_8MB, tool
 from mpota_host.sim.harness import SimBoard
 
 # A minimal "agent": confirm the running image if it is on probation.

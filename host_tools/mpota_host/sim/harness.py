@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ from ..partition_table import TABLE_OFFSET
 from . import runner
 
 SECTOR = 4096
+AGENT_BOOT = "import mpota\nmpota.boot()\n"
+AGENT_MAIN = "import mpota\nmpota.probation()\nmpota.poll()\n"
 COUNTERS_MAGIC = 0x4D504643
 NEVER = 0xFFFFFFFF
 _HDR = 16
@@ -284,11 +287,28 @@ class SimBoard:
                 return status
         raise SimulatorError(f"could not read the board's status:\n{result.output}")
 
-    def write_file(self, name: str, text: str) -> Path:
+    def write_file(self, name: str, data: str | bytes) -> Path:
         """Put a file on the board's filesystem (as mpremote cp would)."""
         path = self.fs / name
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text)
+        if isinstance(data, str):
+            tmp.write_text(data)
+        else:
+            tmp.write_bytes(data)
         os.replace(tmp, path)
         return path
+
+    def install_agent(self, config: dict[str, Any], files: dict[str, bytes],
+                      boot_py: str = AGENT_BOOT, main_py: str = AGENT_MAIN) -> None:
+        """Install the compiled mpota package in /lib, its config and files, and the
+        boot.py / main.py hooks: what provisioning does to a real board."""
+        lib = self.fs / "lib" / "mpota"
+        if lib.exists():
+            shutil.rmtree(lib)
+        shutil.copytree(runner.compiled_agent() / "mpota", lib)
+        for name, data in files.items():
+            self.write_file(name, data)
+        self.write_file("mpota.json", json.dumps(config, indent=2))
+        self.write_file("boot.py", boot_py)
+        self.write_file("main.py", main_py)

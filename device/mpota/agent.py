@@ -1,0 +1,241 @@
+# The update state machine (ARCHITECTURE section 3), persisted in State so
+# that a reset anywhere resumes or recovers:
+#
+#   IDLE -> DOWNLOADING(written) -> STAGED -> REBOOTING -> PROBATION
+#        -> CONFIRMED | ROLLED_BACK;  any failure -> FAILED(reason) -> IDLE
+#
+# The running image is never touched: everything is written to the next
+# slot and verified before set_boot().
+import binascii
+import json
+import time
+
+from mpota import fetch, manifest, state
+from mpota.errors import (
+    BusyError,
+    DownloadError,
+    ManifestError,
+    OTAError,
+    StateError,
+)
+from mpota.http import Client
+from mpota.keys import TrustedKeys
+from mpota.slot import BLOCK, SlotWriter
+
+_OFFER_LIMIT = const(12288)
+
+
+class Agent:
+    def __init__(self, cfg, hw, st, checks=(), busy=None):
+        self.cfg = cfg
+        self.hw = hw
+        self.st = st
+        self.checks = checks  # application health checks: callables -> bool
+        self.busy = busy  # application busy check: callable -> bool
+        self.keys = TrustedKeys(cfg["trusted_pems"])
+        self._client = None
+
+    # facts about this device
+
+    def client(self):
+        if self._client is None:
+            d = self.cfg["download"]
+            self._client = Client(self.cfg["server"], self.cfg["ca_der"], d["stall_s"],
+                                  d["redirects"])
+        return self._client
+
+    def auth(self):
+        return {"X-Device-Id": self.cfg["device_id"],
+                "Authorization": "Bearer " + self.cfg["token"]}
+
+    def running_label(self):
+        return self.hw.label(self.hw.running())
+
+    def installed(self, label):
+        """(version, version_code) of the image the agent knows is in a slot."""
+        info = self.st.get("installed", {}).get(label)
+        if info:
+            return info["version"], info["version_code"]
+        return self.cfg["version"], self.cfg["version_code"]
+
+    def security_floor(self):
+        try:
+            return self.hw.nvs().get_i32("sec_floor")
+        except OSError:
+            return 0  # never raised yet
+
+    def now(self):
+        return time.time() if self.cfg["policy"]["clock_trusted"] else None
+
+    def facts(self, slot_size):
+        _, code = self.installed(self.running_label())
+        return manifest.Facts(self.cfg["board"], self.cfg["chip_id"], code,
+                              self.security_floor(), slot_size, self.now())
+
+    # talking to the server
+
+    def report(self, name, detail=None, target=None):
+        """Tell the server about a state change; best effort."""
+        version, code = self.installed(self.running_label())
+        body = {"state": name, "version": version, "version_code": code}
+        if target is not None:
+            body["target_version_code"] = target
+        if detail:
+            body["detail"] = detail[:500]
+        try:
+            c = self.client()
+            r = c.request("POST", "/v1/report", dict(self.auth(), **{
+                "Content-Type": "application/json"}), json.dumps(body).encode())
+            c.expect(r, 200)
+            r.read_all(1024)
+        except (OTAError, OSError) as e:
+            print("mpota: could not report %s to the server: %s" % (name, e))
+
+    def check(self):
+        """Ask the server for an update: the offer (dict) or None."""
+        _, code = self.installed(self.running_label())
+        c = self.client()
+        r = c.request("GET", "/v1/update?board=%s&version_code=%d" % (self.cfg["board"], code),
+                      self.auth())
+        c.expect(r, 200)
+        try:
+            offer = json.loads(r.read_all(_OFFER_LIMIT))
+        except ValueError:
+            raise DownloadError("the update check answer is not JSON")
+        if type(offer) is not dict or type(offer.get("update")) is not bool:
+            raise DownloadError("the update check answer has no 'update' flag")
+        if not offer["update"]:
+            return None
+        for name, kind in (("manifest", str), ("signature", str), ("payload_url", str)):
+            if type(offer.get(name)) is not kind:
+                raise DownloadError("the update offer lacks %r" % name)
+        return offer
+
+    def offer_from_url(self, base):
+        """An offer for a release directory served at base (manifest.json,
+        manifest.sig, payload), e.g. a CDN or a technician's laptop."""
+        base = base.rstrip("/") + "/"
+        c = self.client()
+        parts = []
+        for name, limit in (("manifest.json", manifest.MAX_MANIFEST), ("manifest.sig", 64)):
+            r = c.expect(c.request("GET", base + name), 200)
+            parts.append(r.read_all(limit))
+        return {"update": True, "raw_manifest": parts[0], "raw_signature": parts[1],
+                "payload_url": base + "payload"}
+
+    # installing
+
+    def install(self, offer):
+        """Verify the offer's manifest, download into the next slot, check,
+        set_boot.  Leaves the agent STAGED; raises an OTAError on failure."""
+        if self.st.name in (state.STAGED, state.REBOOTING, state.PROBATION):
+            raise StateError("an update is already %s; apply or wait for it" % self.st.name)
+        raw = offer.get("raw_manifest") or binascii.a2b_base64(offer["manifest"])
+        sig = offer.get("raw_signature") or binascii.a2b_base64(offer["signature"])
+        target = self.hw.next_slot()
+        slot_size = target.ioctl(4, 0) * target.ioctl(5, 0)
+        try:
+            m = manifest.check(raw, sig, self.keys, self.facts(slot_size))
+        except ManifestError as e:
+            self.fail(e, "release refused before anything was written")
+            raise
+        resume = self.st.name == state.DOWNLOADING and \
+            self.st.get("target", {}).get("sha256") == m.sha256
+        written = self.st.get("written", 0) if resume else 0
+        self.st.save(state=state.DOWNLOADING, written=written, target={
+            "slot": self.hw.label(target), "version": m.version, "version_code": m.version_code,
+            "security_counter": m.security_counter, "sha256": m.sha256, "size": m.size,
+            "manifest": binascii.b2a_base64(raw).decode().strip(),
+            "signature": binascii.b2a_base64(sig).decode().strip(),
+            "url": offer["payload_url"]})
+        installed = dict(self.st.get("installed", {}))
+        installed.pop(self.hw.label(target), None)  # the old contents are going away
+        self.st.save(installed=installed)
+        self.report("DOWNLOADING", "resuming at %d" % written if written else None,
+                    m.version_code)
+        try:
+            self._download(target, m, written)
+        except OTAError as e:
+            if not isinstance(e, DownloadError) or e.status is not None:
+                self.fail(e, "download stopped")
+            raise
+        target.set_boot()
+        self.st.save(state=state.STAGED, written=m.size)
+        self.report("STAGED", None, m.version_code)
+        print("mpota: %s staged in %s" % (m.version, self.hw.label(target)))
+        return m
+
+    def _download(self, target, m, written):
+        buf = memoryview(bytearray(BLOCK))
+        writer = SlotWriter(target, m.size, buf)
+        if written:
+            writer.resume(written, self.hw.feed)
+
+        def progress(committed):
+            self.st.save(written=committed)
+            self.hw.feed()
+
+        fetch.download(self.client(), self.st.get("target")["url"], writer,
+                       self.cfg["download"], progress, feed=self.hw.feed)
+        self.client().close()
+        writer.check(m.sha256, self.hw.feed)
+
+    def fail(self, error, what):
+        reason = "%s: %s" % (what, error)
+        code = getattr(error, "code", "error")
+        target = self.st.get("target", {}).get("version_code")
+        self.st.save(state=state.IDLE, written=0,
+                     last_result={"state": "FAILED", "code": code, "reason": reason,
+                                  "version_code": target})
+        self.report("FAILED", "%s: %s" % (code, reason), target)
+        print("mpota: FAILED (%s) %s" % (code, reason))
+
+    # applying
+
+    def may_reboot(self):
+        """None when a reboot is allowed now, else the reason it is not."""
+        if self.busy is not None and self.busy():
+            return "the application is busy"
+        policy = self.cfg["policy"]
+        staged_at = self.st.get("staged_at")
+        if policy["reboot_delay_s"] and staged_at is not None:
+            wait = staged_at + policy["reboot_delay_s"] - time.time()
+            if wait > 0:
+                return "reboot deferred for %d s" % wait
+        window = policy["window"]
+        if window is not None:
+            now = self.now()
+            if now is None:
+                return "outside the maintenance window (no trusted clock to check it)"
+            t = time.gmtime(int(now))
+            minute = t[3] * 60 + t[4]
+            start, end = window
+            inside = start <= minute < end if start <= end else minute >= start or minute < end
+            if not inside:
+                return "outside the maintenance window"
+        return None
+
+    def apply(self, force=False):
+        """Reboot into the staged image when the policy allows it."""
+        if self.st.name != state.STAGED:
+            raise StateError("nothing is staged (state %s)" % self.st.name)
+        why = self.may_reboot()
+        if why is not None and not (force and why != "the application is busy"):
+            raise BusyError("not rebooting: " + why)
+        target = self.st.get("target")
+        self.st.save(state=state.REBOOTING)
+        self.report("REBOOTING", None, target["version_code"])
+        print("mpota: rebooting into %s" % target["version"])
+        self.hw.reset()
+
+    def run_update(self, offer):
+        """install + apply as the policy says; returns a short result dict."""
+        m = self.install(offer)
+        self.st.save(staged_at=time.time())
+        if not self.cfg["policy"]["auto_apply"]:
+            return {"result": "STAGED", "version": m.version, "apply": "mpota.apply()"}
+        try:
+            self.apply()
+        except BusyError as e:
+            return {"result": "STAGED", "version": m.version, "waiting": str(e)}
+        return {"result": "REBOOTING", "version": m.version}

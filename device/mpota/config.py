@@ -1,0 +1,120 @@
+# The device configuration, mpota.json on the board's filesystem, checked
+# field by field so a mistake is named when the agent starts, not halfway
+# through an update.  The device token may live in NVS ("mpota"/"token")
+# instead of the file; NVS wins.
+import json
+
+from mpota.errors import ConfigError
+
+PATH = "mpota.json"
+
+# name: (type, default); a default of REQUIRED means the field must be present
+REQUIRED = object()
+_TOP = {
+    "server": (str, REQUIRED),
+    "ca": (str, REQUIRED),
+    "device_id": (str, REQUIRED),
+    "token": (str, None),
+    "board": (str, REQUIRED),
+    "chip_id": (int, 0),
+    "version": (str, "0"),
+    "version_code": (int, 0),
+    "trusted_keys": (list, REQUIRED),
+    "wifi": (dict, None),
+    "watchdog_ms": (int, 30000),
+    "policy": (dict, {}),
+    "health": (dict, {}),
+    "download": (dict, {}),
+}
+_POLICY = {"auto_apply": (bool, True), "window": (str, None), "reboot_delay_s": (int, 0),
+           "clock_trusted": (bool, False)}
+_HEALTH = {"network": (bool, True), "server": (bool, True), "min_free_heap": (int, 8192),
+           "timeout_s": (int, 30)}
+_DOWNLOAD = {"window": (int, 65536), "retries": (int, 8), "stall_s": (int, 10),
+             "backoff_ms": (int, 500), "backoff_max_ms": (int, 30000), "redirects": (int, 3)}
+
+
+def _fill(where, data, table):
+    if type(data) is not dict:
+        raise ConfigError("%s must be a JSON object" % where)
+    out = {}
+    for name, (kind, default) in table.items():
+        value = data.get(name)
+        if value is None:
+            if default is REQUIRED:
+                raise ConfigError("%s: required field %r is missing" % (where, name))
+            value = default
+        elif type(value) is not kind:
+            raise ConfigError("%s: %r must be %s, got %s"
+                              % (where, name, kind.__name__, type(value).__name__))
+        out[name] = value
+    unknown = [k for k in data if k not in table]
+    if unknown:
+        raise ConfigError("%s: unknown field(s) %s" % (where, ", ".join(sorted(unknown))))
+    return out
+
+
+def _parse_window(text):
+    # "HH:MM-HH:MM" (UTC) -> (start_minute, end_minute); may wrap midnight
+    try:
+        a, b = text.split("-")
+        start = int(a[:2]) * 60 + int(a[3:5])
+        end = int(b[:2]) * 60 + int(b[3:5])
+        if len(a) != 5 or len(b) != 5 or a[2] != ":" or b[2] != ":" or start >= 1440 or end >= 1440:
+            raise ValueError
+    except (ValueError, IndexError):
+        raise ConfigError("policy.window %r must look like 02:00-04:30 (UTC)" % text)
+    return (start, end)
+
+
+def parse(data, where=PATH):
+    cfg = _fill(where, data, _TOP)
+    cfg["policy"] = _fill(where + " policy", cfg["policy"], _POLICY)
+    cfg["health"] = _fill(where + " health", cfg["health"], _HEALTH)
+    cfg["download"] = _fill(where + " download", cfg["download"], _DOWNLOAD)
+    if not cfg["server"].startswith("https://"):
+        raise ConfigError("%s: server %r must be an https:// URL (TLS is not optional)"
+                          % (where, cfg["server"]))
+    if not cfg["trusted_keys"]:
+        raise ConfigError("%s: trusted_keys is empty: the agent would accept nothing" % where)
+    if cfg["policy"]["window"] is not None:
+        cfg["policy"]["window"] = _parse_window(cfg["policy"]["window"])
+    if cfg["watchdog_ms"] < 1000:
+        raise ConfigError("%s: watchdog_ms %d is too short for a health check (min 1000)"
+                          % (where, cfg["watchdog_ms"]))
+    if cfg["download"]["window"] < 4096 or cfg["download"]["window"] % 4096:
+        raise ConfigError("%s: download.window must be a multiple of 4096" % where)
+    return cfg
+
+
+def _read(path, mode="r"):
+    try:
+        with open(path, mode) as f:
+            return f.read()
+    except OSError:
+        raise ConfigError("cannot read %s on the board: provision it first" % path)
+
+
+def load(path=PATH, nvs=None):
+    try:
+        data = json.loads(_read(path))
+    except ValueError:
+        raise ConfigError("%s is not valid JSON" % path)
+    cfg = parse(data, path)
+    cfg["ca_der"] = _read(cfg["ca"], "rb")
+    keys = []
+    for item in cfg["trusted_keys"]:
+        if type(item) is not str:
+            raise ConfigError("%s: trusted_keys entries must be strings" % path)
+        keys.append(item if "BEGIN" in item else _read(item))
+    cfg["trusted_pems"] = keys
+    if nvs is not None:
+        buf = bytearray(128)
+        try:
+            n = nvs.get_blob("token", buf)
+            cfg["token"] = bytes(buf[:n]).decode()
+        except OSError:
+            pass  # no token in NVS: the file's token (if any) is used
+    if not cfg["token"]:
+        raise ConfigError("no device token: put it in NVS (mpota/token) or in %s" % path)
+    return cfg

@@ -1,0 +1,107 @@
+# After a reboot into a new image: keep it only if it proves healthy.
+#
+# boot.py:  mpota.boot()       arms the watchdog when the image is on
+#                              probation, notices a rollback and reports it
+# main.py:  mpota.probation()  runs the health checks, then confirms the
+#                              image or resets so the bootloader rolls back
+from mpota import otadata, state
+
+_REASONS = {
+    1: "power was lost before the new firmware confirmed itself",
+    2: "the new firmware reset or crashed before confirming itself",
+    3: "the watchdog fired before the new firmware confirmed itself (it hung)",
+}
+
+
+def on_boot(agent):
+    """Call early (boot.py).  Returns the state the agent is in."""
+    hw, st = agent.hw, agent.st
+    running = agent.running_label()
+    target = st.get("target") or {}
+    if hw.running_ota_state() == otadata.PENDING_VERIFY:
+        hw.watchdog(agent.cfg["watchdog_ms"])
+        st.save(state=state.PROBATION)
+        print("mpota: %s (%s) is on probation; watchdog armed (%d ms)"
+              % (running, target.get("version", "?"), agent.cfg["watchdog_ms"]))
+        return state.PROBATION
+    if st.name in (state.REBOOTING, state.PROBATION):
+        if target.get("slot") == running:
+            # confirmed, but the power went before the bookkeeping was saved
+            _confirmed(agent, target)
+        else:
+            reason = st.get("probation_failure") or _REASONS.get(
+                hw.reset_cause(), "the bootloader went back to the previous image")
+            st.save(state=state.IDLE, probation_failure=None, written=0, last_result={
+                "state": "ROLLED_BACK", "reason": reason,
+                "version_code": target.get("version_code")})
+            print("mpota: ROLLED_BACK from %s: %s" % (target.get("version", "?"), reason))
+            agent.report("ROLLED_BACK", reason, target.get("version_code"))
+    return st.name
+
+
+def _checks(agent):
+    cfg = agent.cfg["health"]
+    hw = agent.hw
+    failures = []
+    if cfg["network"] and not hw.network_up(agent.cfg["wifi"], cfg["timeout_s"] * 1000):
+        failures.append("network is down")
+    hw.feed()
+    if cfg["server"] and not failures:
+        try:
+            agent.check()
+        except Exception as e:  # any failure to reach the server is a failed check
+            failures.append("server unreachable (%s)" % e)
+        hw.feed()
+    free = hw.free_heap()
+    if free < cfg["min_free_heap"]:
+        failures.append("free heap %d below %d" % (free, cfg["min_free_heap"]))
+    for check in agent.checks:
+        try:
+            ok = check()
+        except Exception as e:  # an application check that raises has failed
+            ok = False
+            failures.append("%s raised %r" % (getattr(check, "__name__", "check"), e))
+        else:
+            if not ok:
+                failures.append("%s failed" % getattr(check, "__name__", "check"))
+        hw.feed()
+    return failures
+
+
+def run(agent):
+    """Health-check an image on probation; confirm it or reset."""
+    hw, st = agent.hw, agent.st
+    if hw.running_ota_state() != otadata.PENDING_VERIFY:
+        return None  # nothing on probation
+    target = st.get("target") or {}
+    failures = _checks(agent)
+    if failures:
+        reason = "health check failed: " + "; ".join(failures)
+        st.save(probation_failure=reason)
+        print("mpota: %s; resetting so the bootloader rolls back" % reason)
+        agent.report("FAILED", reason, target.get("version_code"))
+        hw.reset()
+        return "RESET"  # not reached on a board
+    hw.mark_valid()
+    _confirmed(agent, target)
+    return "CONFIRMED"
+
+
+def _confirmed(agent, target):
+    hw, st = agent.hw, agent.st
+    running = agent.running_label()
+    counter = target.get("security_counter", 0)
+    if counter > agent.security_floor():
+        hw.nvs().set_i32("sec_floor", counter)
+        hw.nvs().commit()
+    installed = dict(st.get("installed", {}))
+    if target.get("version_code") is not None:
+        installed[running] = {"version": target["version"],
+                              "version_code": target["version_code"]}
+    st.save(state=state.IDLE, installed=installed, written=0, probation_failure=None,
+            last_result={"state": "CONFIRMED", "version_code": target.get("version_code"),
+                         "reason": None})
+    print("mpota: CONFIRMED %s in %s" % (target.get("version", "the running image"), running))
+    agent.report("CONFIRMED", None, target.get("version_code"))
+    # The watchdog cannot be stopped: give the application a relaxed one.
+    hw.watchdog(agent.cfg["watchdog_ms"] * 10)

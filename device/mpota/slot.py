@@ -1,0 +1,102 @@
+# Streaming an image into the inactive OTA slot: one 4096-byte buffer that
+# the network reads into directly, whole-block writeblocks() (each block
+# erased and written once), SHA-256 while writing, and a read-back check of
+# everything before the slot may become bootable.
+import binascii
+import hashlib
+
+from mpota.errors import ImageError, SlotTooSmall, TransportError
+
+BLOCK = const(4096)
+
+
+class SlotWriter:
+    def __init__(self, part, size, buf):
+        capacity = part.ioctl(4, 0) * part.ioctl(5, 0)
+        if size > capacity:
+            raise SlotTooSmall("image is %d bytes, slot %s holds %d"
+                               % (size, part.info()[4], capacity))
+        self.part = part
+        self.size = size
+        self.buf = buf  # memoryview(bytearray(4096)), owned by the caller
+        self.sha = hashlib.sha256()
+        self.committed = 0  # bytes on flash, a multiple of BLOCK until the end
+        self.fill = 0  # bytes in buf not yet on flash
+
+    @property
+    def offset(self):
+        return self.committed + self.fill
+
+    def resume(self, offset, feed=None):
+        """Continue after offset bytes already on flash: hash them again
+        (a hash object cannot be saved across a reset)."""
+        if offset % BLOCK or offset > self.size:
+            raise ImageError("cannot resume at %d: not a block boundary" % offset)
+        self.sha = hashlib.sha256()
+        for block in range(offset // BLOCK):
+            self.part.readblocks(block, self.buf)
+            self.sha.update(self.buf)
+            if feed:
+                feed()
+        self.committed = offset
+        self.fill = 0
+
+    def drop_partial(self):
+        # after a broken connection: the bytes of an unfinished block are lost
+        self.fill = 0
+
+    def _flush(self):
+        n = self.fill
+        self.sha.update(self.buf[:n])
+        for i in range(n, BLOCK):
+            self.buf[i] = 0xFF  # erased flash: padding the last block writes nothing
+        self.part.writeblocks(self.committed // BLOCK, self.buf)
+        self.committed += n
+        self.fill = 0
+
+    def pull(self, response, count):
+        """Move count bytes from response into the slot."""
+        if self.offset + count > self.size:
+            raise ImageError("refusing data past the image's %d bytes" % self.size)
+        while count:
+            want = min(BLOCK - self.fill, count)
+            n = response.readinto(self.buf[self.fill:self.fill + want])
+            if not n:
+                raise TransportError("the server stopped sending %d bytes early" % count)
+            self.fill += n
+            count -= n
+            if self.fill == BLOCK or self.offset == self.size:
+                self._flush()
+
+    def skip(self, response, count):
+        """Read and drop count bytes (a server that ignored our Range)."""
+        while count:
+            n = response.readinto(self.buf[:min(BLOCK, count)])
+            if not n:
+                raise TransportError("the server stopped sending while skipping")
+            count -= n
+        self.fill = 0
+
+    def check(self, expected_hex, feed=None):
+        """The streamed hash and a hash of the slot read back must both be
+        the manifest's; raises ImageError otherwise."""
+        if self.offset != self.size:
+            raise ImageError("only %d of %d bytes were written" % (self.offset, self.size))
+        streamed = binascii.hexlify(self.sha.digest()).decode()
+        if streamed != expected_hex:
+            raise ImageError("image SHA-256 %s... does not match the manifest's %s...: "
+                             "refusing to boot it" % (streamed[:16], expected_hex[:16]))
+        sha = hashlib.sha256()
+        left = self.size
+        block = 0
+        while left:
+            self.part.readblocks(block, self.buf)
+            sha.update(self.buf[:min(BLOCK, left)])
+            left -= min(BLOCK, left)
+            block += 1
+            if feed:
+                feed()
+        readback = binascii.hexlify(sha.digest()).decode()
+        if readback != expected_hex:
+            raise ImageError("slot read-back SHA-256 %s... differs from what was written: "
+                             "flash fault, refusing to boot it" % readback[:16])
