@@ -32,7 +32,7 @@ def busy_check(fn):
     return fn
 
 
-def agent():
+def get_agent():
     global _agent
     if _agent is None:
         from mpota import config
@@ -56,21 +56,21 @@ def _guard(fn, *args):
 
 
 def boot():
-    from mpota import probation as p
+    from mpota import health
 
-    return _guard(p.on_boot, agent())
+    return _guard(health.on_boot, get_agent())
 
 
 def probation():
-    from mpota import probation as p
+    from mpota import health
 
-    return _guard(p.run, agent())
+    return _guard(health.run, get_agent())
 
 
 def status():
-    from mpota.status import status as s
+    from mpota import repl
 
-    return s(agent())
+    return repl.status(get_agent())
 
 
 def check():
@@ -83,7 +83,7 @@ def check():
               % (offer.get("version"), offer.get("version_code")))
         return offer
 
-    return _guard(run, agent())
+    return _guard(run, get_agent())
 
 
 def update(url_or_release=None):
@@ -92,7 +92,7 @@ def update(url_or_release=None):
     def run(a):
         offer = url_or_release
         if offer is None:
-            offer = a.check()
+            offer = a.check(skip_rejected=False)
             if offer is None:
                 print("mpota: up to date")
                 return {"result": "UP_TO_DATE"}
@@ -100,26 +100,26 @@ def update(url_or_release=None):
             offer = a.offer_from_url(offer)
         return a.run_update(offer)
 
-    return _guard(run, agent())
+    return _guard(run, get_agent())
 
 
 def apply(force=False):
-    return _guard(agent().apply, force)
+    return _guard(get_agent().apply, force)
 
 
 def poll():
-    from mpota.status import poll as p
+    from mpota import repl
 
-    return _guard(p, agent())
+    return _guard(repl.poll, get_agent())
 
 
 def confirm():
-    from mpota.status import confirm as c
+    from mpota import repl
 
-    return _guard(c, agent())
+    return _guard(repl.confirm, get_agent())
 
 
 def rollback():
-    from mpota.status import rollback as r
+    from mpota import repl
 
-    return _guard(r, agent())
+    return _guard(repl.rollback, get_agent())

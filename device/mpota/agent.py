@@ -20,7 +20,7 @@ from mpota.errors import (
 )
 from mpota.http import Client
 from mpota.keys import TrustedKeys
-from mpota.slot import BLOCK, SlotWriter
+from mpota.slot import BLOCK, SlotWriter, check_slot
 
 _OFFER_LIMIT = const(12288)
 
@@ -91,8 +91,16 @@ class Agent:
         except (OTAError, OSError) as e:
             print("mpota: could not report %s to the server: %s" % (name, e))
 
-    def check(self):
-        """Ask the server for an update: the offer (dict) or None."""
+    def reject(self, version_code):
+        """Remember a release that failed here, so polling does not retry it."""
+        if version_code is None:
+            return
+        rejected = [v for v in self.st.get("rejected", []) if v != version_code]
+        self.st.save(rejected=(rejected + [version_code])[-8:])
+
+    def check(self, skip_rejected=True):
+        """Ask the server for an update: the offer (dict) or None.  Releases
+        that failed on this device before are skipped unless asked for."""
         _, code = self.installed(self.running_label())
         c = self.client()
         r = c.request("GET", "/v1/update?board=%s&version_code=%d" % (self.cfg["board"], code),
@@ -105,6 +113,10 @@ class Agent:
         if type(offer) is not dict or type(offer.get("update")) is not bool:
             raise DownloadError("the update check answer has no 'update' flag")
         if not offer["update"]:
+            return None
+        if skip_rejected and offer.get("version_code") in self.st.get("rejected", []):
+            print("mpota: %s failed here before; not retrying it (mpota.update() forces it)"
+                  % offer.get("version"))
             return None
         for name, kind in (("manifest", str), ("signature", str), ("payload_url", str)):
             if type(offer.get(name)) is not kind:
@@ -126,8 +138,9 @@ class Agent:
     # installing
 
     def install(self, offer):
-        """Verify the offer's manifest, download into the next slot, check,
-        set_boot.  Leaves the agent STAGED; raises an OTAError on failure."""
+        """Verify the offer's manifest, download into the next slot and check
+        it.  Leaves the agent STAGED (the image is not yet selected for boot:
+        apply() does that); raises an OTAError on failure."""
         if self.st.name in (state.STAGED, state.REBOOTING, state.PROBATION):
             raise StateError("an update is already %s; apply or wait for it" % self.st.name)
         raw = offer.get("raw_manifest") or binascii.a2b_base64(offer["manifest"])
@@ -159,8 +172,7 @@ class Agent:
             if not isinstance(e, DownloadError) or e.status is not None:
                 self.fail(e, "download stopped")
             raise
-        target.set_boot()
-        self.st.save(state=state.STAGED, written=m.size)
+        self.st.save(state=state.STAGED, written=m.size, staged_at=time.time())
         self.report("STAGED", None, m.version_code)
         print("mpota: %s staged in %s" % (m.version, self.hw.label(target)))
         return m
@@ -184,6 +196,7 @@ class Agent:
         reason = "%s: %s" % (what, error)
         code = getattr(error, "code", "error")
         target = self.st.get("target", {}).get("version_code")
+        self.reject(target)
         self.st.save(state=state.IDLE, written=0,
                      last_result={"state": "FAILED", "code": code, "reason": reason,
                                   "version_code": target})
@@ -223,6 +236,18 @@ class Agent:
         if why is not None and not (force and why != "the application is busy"):
             raise BusyError("not rebooting: " + why)
         target = self.st.get("target")
+        slot = self.hw.next_slot()
+        if self.hw.label(slot) != target["slot"]:
+            raise StateError("the staged image is in %s but the next slot is %s"
+                             % (target["slot"], self.hw.label(slot)))
+        try:
+            # the image waited in flash: check it again, then let the bootloader have it
+            check_slot(slot, target["size"], target["sha256"],
+                       memoryview(bytearray(BLOCK)), self.hw.feed)
+            slot.set_boot()  # ESP-IDF validates the image once more
+        except (OTAError, OSError) as e:
+            self.fail(e, "staged image failed its final check")
+            raise
         self.st.save(state=state.REBOOTING)
         self.report("REBOOTING", None, target["version_code"])
         print("mpota: rebooting into %s" % target["version"])
@@ -231,7 +256,6 @@ class Agent:
     def run_update(self, offer):
         """install + apply as the policy says; returns a short result dict."""
         m = self.install(offer)
-        self.st.save(staged_at=time.time())
         if not self.cfg["policy"]["auto_apply"]:
             return {"result": "STAGED", "version": m.version, "apply": "mpota.apply()"}
         try:

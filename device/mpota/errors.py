@@ -73,7 +73,7 @@ class DownloadError(OTAError):
     code = "download"
 
     def __init__(self, message, status=None):
-        OTAError.__init__(self, message)
+        super().__init__(message)
         self.status = status
 
 

@@ -152,6 +152,8 @@ class Client:
         parts = status_line.split(None, 2)
         if len(parts) < 2 or not parts[0].startswith(b"HTTP/1."):
             raise DownloadError("not an HTTP response: %r" % status_line[:60])
+        if parts[0] == b"HTTP/1.0":
+            self._at = ("closing", 0)  # HTTP/1.0 closes after the response
         try:
             status = int(parts[1])
         except ValueError:
@@ -181,9 +183,19 @@ class Client:
         else:
             host, port, path = self.host, self.port, self.prefix + target
         for _ in range(self.redirects + 1):
+            reused = self._sock is not None and self._at == (host, port)
             sock = self._connect(host, port)
-            self._send(sock, method, host, path, headers, body)
-            status, hdrs = self._head(sock)
+            try:
+                self._send(sock, method, host, path, headers, body)
+                status, hdrs = self._head(sock)
+            except TransportError:
+                if not reused:
+                    raise
+                # the server had closed the idle keep-alive connection: once more, fresh
+                self.close()
+                sock = self._connect(host, port)
+                self._send(sock, method, host, path, headers, body)
+                status, hdrs = self._head(sock)
             if hdrs.get("transfer-encoding", "identity").lower() != "identity":
                 self.close()
                 raise DownloadError("chunked responses are not supported; send Content-Length")

@@ -10,6 +10,9 @@ from mpota import otadata
 
 
 
+_GIVE_UP = (201, 202, 203)  # network.STAT_NO_AP_FOUND, _WRONG_PASSWORD, _ASSOC_FAIL
+
+
 class Hardware:
     def __init__(self):
         self._wdt = None
@@ -77,7 +80,9 @@ class Hardware:
         wlan.connect(wifi["ssid"], wifi.get("key"))
         start = time.ticks_ms()
         while not wlan.isconnected():
-            if time.ticks_diff(time.ticks_ms(), start) > timeout_ms:
+            elapsed = time.ticks_diff(time.ticks_ms(), start)
+            # no AP, wrong password, association failed: give up after a grace second
+            if elapsed > timeout_ms or (elapsed > 1000 and wlan.status() in _GIVE_UP):
                 return False
             self.feed()
             time.sleep_ms(100)

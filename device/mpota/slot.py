@@ -86,17 +86,22 @@ class SlotWriter:
         if streamed != expected_hex:
             raise ImageError("image SHA-256 %s... does not match the manifest's %s...: "
                              "refusing to boot it" % (streamed[:16], expected_hex[:16]))
-        sha = hashlib.sha256()
-        left = self.size
-        block = 0
-        while left:
-            self.part.readblocks(block, self.buf)
-            sha.update(self.buf[:min(BLOCK, left)])
-            left -= min(BLOCK, left)
-            block += 1
-            if feed:
-                feed()
-        readback = binascii.hexlify(sha.digest()).decode()
-        if readback != expected_hex:
-            raise ImageError("slot read-back SHA-256 %s... differs from what was written: "
-                             "flash fault, refusing to boot it" % readback[:16])
+        check_slot(self.part, self.size, expected_hex, self.buf, feed)
+
+
+def check_slot(part, size, expected_hex, buf, feed=None):
+    """Read the first size bytes of the slot back and compare their SHA-256."""
+    sha = hashlib.sha256()
+    left = size
+    block = 0
+    while left:
+        part.readblocks(block, buf)
+        sha.update(buf[:min(BLOCK, left)])
+        left -= min(BLOCK, left)
+        block += 1
+        if feed:
+            feed()
+    readback = binascii.hexlify(sha.digest()).decode()
+    if readback != expected_hex:
+        raise ImageError("slot read-back SHA-256 %s... is not the manifest's %s...: "
+                         "refusing to boot it" % (readback[:16], expected_hex[:16]))

@@ -33,7 +33,16 @@ def _largest_block():
     return lo
 
 
+def _preload():
+    # Modules frozen into the firmware: on a board their code lives in flash.
+    names = os.getenv("MPOTA_SIM_FROZEN")
+    if names:
+        for name in names.split(","):
+            __import__(name)
+
+
 def hold_heap():
+    _preload()
     budget = os.getenv("MPOTA_SIM_HEAP_BUDGET")
     if not budget:
         return

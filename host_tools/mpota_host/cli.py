@@ -18,6 +18,7 @@ from . import board as boards
 from .appimage import inspect_image
 from .errors import MpotaError, ReleaseError
 from .firmware import BEHAVIOURS, DEFAULT_SIZE, write_image
+from .server.commands import device_group, reports_cmd, serve_cmd
 from .sim.harness import CAUSE_NAMES, BootRecord, SimBoard
 
 
@@ -279,6 +280,11 @@ def sim_counters(flash: Path, clear: bool) -> None:
         worst = max(counters.erases[p.offset // 4096 : (p.offset + p.size) // 4096] or [0])
         click.echo(f"  {p.label:<10} erases {erases:>6}  writes {writes:>6}  "
                    f"max erases of one sector {worst}")
+
+
+cli.add_command(serve_cmd)
+cli.add_command(device_group)
+cli.add_command(reports_cmd)
 
 
 def main() -> None:

@@ -41,3 +41,11 @@ class KeyFileError(MpotaError):
 
 class ReleaseError(MpotaError):
     """A release could not be made, or a release directory is not a release."""
+
+
+class ServerError(MpotaError):
+    """The update server cannot start or run: TLS material, releases directory, address, data."""
+
+
+class DeviceError(MpotaError):
+    """A device id or tag is malformed, already registered, or not registered."""

@@ -28,6 +28,11 @@ from . import runner
 SECTOR = 4096
 AGENT_BOOT = "import mpota\nmpota.boot()\n"
 AGENT_MAIN = "import mpota\nmpota.probation()\nmpota.poll()\n"
+# The agent's modules, for booting with them "frozen into the firmware".
+AGENT_MODULES = tuple(
+    "mpota" if p.stem == "__init__" else f"mpota.{p.stem}"
+    for p in sorted((runner.DEVICE_DIR / "mpota").glob("*.py"))
+)
 COUNTERS_MAGIC = 0x4D504643
 NEVER = 0xFFFFFFFF
 _HDR = 16
@@ -67,7 +72,10 @@ class BootRecord:
         return self.ended.split(" ")[0]
 
     def line(self) -> str:
-        fw = f"{self.slot} v{self.version} ({self.behaviour})" if self.slot else "no app"
+        if self.slot:
+            fw = f"{self.slot} v{self.version} ({self.behaviour})"
+        else:
+            fw = "bootloader" if self.kind == "power-cut" else "no app"
         return (
             f"boot {self.number}: reset_cause={CAUSE_NAMES.get(self.reset_cause, '?')} "
             f"-> {fw} -> {self.ended} [{self.seconds:.1f}s]"
@@ -187,9 +195,10 @@ class SimBoard:
         heapsize: str = runner.DEFAULT_HEAP,
         timeout: float = 60.0,
         echo: Callable[[str], None] | None = None,
+        frozen: tuple[str, ...] = (),
     ) -> runner.Run:
         """Run a MicroPython script on the board as the running firmware (no boot)."""
-        return runner.run(self.flash, script, args, env, heapsize, timeout, echo)
+        return runner.run(self.flash, script, args, env, heapsize, timeout, echo, frozen=frozen)
 
     def boot(
         self,
@@ -199,6 +208,7 @@ class SimBoard:
         heapsize: str = runner.DEFAULT_HEAP,
         echo: Callable[[str], None] | None = None,
         on_boot: Callable[[BootRecord], None] | None = None,
+        frozen: tuple[str, ...] = (),
     ) -> list[BootRecord]:
         """Power the board on and follow its resets until it settles or max_boots.
 
@@ -210,7 +220,7 @@ class SimBoard:
         if cut_at is not None:
             self.cut_power_at(cut_at)
         try:
-            return self._boot_loop(max_boots, timeout, heapsize, echo, on_boot)
+            return self._boot_loop(max_boots, timeout, heapsize, echo, on_boot, frozen)
         finally:
             if cut_at is not None:
                 self.cut_power_at(None)
@@ -222,18 +232,20 @@ class SimBoard:
         heapsize: str,
         echo: Callable[[str], None] | None,
         on_boot: Callable[[BootRecord], None] | None,
+        frozen: tuple[str, ...],
     ) -> list[BootRecord]:
         records: list[BootRecord] = []
         cause, soft = PWRON_RESET, False
         for number in range(1, max_boots + 1):
             if not soft:
                 (self.sim_dir / "wdt").unlink(missing_ok=True)  # a hard reset stops the WDT
+                (self.sim_dir / "boot.json").unlink(missing_ok=True)  # the bootloader decides anew
             env = {"MPOTA_SIM_RESET_CAUSE": str(cause)}
             if soft:
                 env["MPOTA_SIM_SOFT"] = "1"
             result = runner.run(
                 self.flash, "simboot", env=env, heapsize=heapsize,
-                timeout=timeout, echo=echo,
+                timeout=timeout, echo=echo, frozen=frozen,
             )
             facts = self.boot_facts() if result.ended != "no-app" else {}
             fw = facts.get("firmware") or {}

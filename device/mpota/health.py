@@ -6,6 +6,7 @@
 #                              image or resets so the bootloader rolls back
 from mpota import otadata, state
 
+_POWER_ON = 1  # machine.PWRON_RESET: a power cut is no fault of the new image
 _REASONS = {
     1: "power was lost before the new firmware confirmed itself",
     2: "the new firmware reset or crashed before confirming itself",
@@ -29,11 +30,15 @@ def on_boot(agent):
             # confirmed, but the power went before the bookkeeping was saved
             _confirmed(agent, target)
         else:
-            reason = st.get("probation_failure") or _REASONS.get(
-                hw.reset_cause(), "the bootloader went back to the previous image")
+            cause = hw.reset_cause()
+            failure = st.get("probation_failure")
+            reason = failure or _REASONS.get(
+                cause, "the bootloader went back to the previous image")
             st.save(state=state.IDLE, probation_failure=None, written=0, last_result={
                 "state": "ROLLED_BACK", "reason": reason,
                 "version_code": target.get("version_code")})
+            if failure or cause != _POWER_ON:
+                agent.reject(target.get("version_code"))  # the firmware's fault: not again
             print("mpota: ROLLED_BACK from %s: %s" % (target.get("version", "?"), reason))
             agent.report("ROLLED_BACK", reason, target.get("version_code"))
     return st.name
