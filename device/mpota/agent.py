@@ -58,6 +58,15 @@ class Agent:
             return info["version"], info["version_code"]
         return self.cfg["version"], self.cfg["version_code"]
 
+    def running_version(self):
+        """(version, version_code) of the running image; during probation the
+        running image is the update being tried."""
+        label = self.running_label()
+        target = self.st.get("target") or {}
+        if target.get("slot") == label and self.st.name in (state.REBOOTING, state.PROBATION):
+            return target["version"], target["version_code"]
+        return self.installed(label)
+
     def security_floor(self):
         try:
             return self.hw.nvs().get_i32("sec_floor")
@@ -68,7 +77,7 @@ class Agent:
         return time.time() if self.cfg["policy"]["clock_trusted"] else None
 
     def facts(self, slot_size):
-        _, code = self.installed(self.running_label())
+        _, code = self.running_version()
         return manifest.Facts(self.cfg["board"], self.cfg["chip_id"], code,
                               self.security_floor(), slot_size, self.now())
 
@@ -76,7 +85,7 @@ class Agent:
 
     def report(self, name, detail=None, target=None):
         """Tell the server about a state change; best effort."""
-        version, code = self.installed(self.running_label())
+        version, code = self.running_version()
         body = {"state": name, "version": version, "version_code": code}
         if target is not None:
             body["target_version_code"] = target
@@ -101,7 +110,7 @@ class Agent:
     def check(self, skip_rejected=True):
         """Ask the server for an update: the offer (dict) or None.  Releases
         that failed on this device before are skipped unless asked for."""
-        _, code = self.installed(self.running_label())
+        _, code = self.running_version()
         c = self.client()
         r = c.request("GET", "/v1/update?board=%s&version_code=%d" % (self.cfg["board"], code),
                       self.auth())
@@ -183,9 +192,15 @@ class Agent:
         if written:
             writer.resume(written, self.hw.feed)
 
+        shown = [written * 10 // m.size]
+
         def progress(committed):
             self.st.save(written=committed)
             self.hw.feed()
+            tenth = committed * 10 // m.size
+            if tenth > shown[0]:
+                shown[0] = tenth
+                print("mpota: downloaded %d%% (%d of %d bytes)" % (tenth * 10, committed, m.size))
 
         fetch.download(self.client(), self.st.get("target")["url"], writer,
                        self.cfg["download"], progress, feed=self.hw.feed)

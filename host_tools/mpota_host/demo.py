@@ -1,7 +1,10 @@
-"""``make demo``: the A/B update and rollback story on a simulated ESP32.
+"""``make demo``: the whole update story on a simulated ESP32, with real TLS.
 
-Each step prints what it does and what the board said; the run ends with a
-summary table and exits non-zero if the board did not do what the story says.
+Keys are made, a board boots v1 with the mpota agent, v2 is released and
+served over HTTPS; the agent downloads, verifies, reboots, passes probation
+and confirms. Then v3, whose network never comes up, is released: the board
+rolls back to v2 and the server records ROLLED_BACK. The run ends with a
+summary table and exits non-zero if the board did anything else.
 """
 
 from __future__ import annotations
@@ -10,38 +13,18 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from . import keys, release
 from .firmware import write_image
-from .sim.harness import BootRecord, SimBoard
+from .server.app import ServerHandle, start_server
+from .server.store import add_device, reports
+from .sim.harness import AGENT_MODULES, BootRecord, SimBoard
 
 BOARD = Path(__file__).resolve().parents[2] / "boards" / "esp32-generic-4mb"
 WORK = Path("demo")
-
-# Until the mpota agent lands, the board runs this small probation script:
-# arm the watchdog, check the network, confirm the image or reset.
-PROBATION_MAIN = """\
-import machine, network
-from esp32 import Partition
-machine.WDT(timeout=5000)
-wlan = network.WLAN(network.STA_IF)
-wlan.active(True)
-wlan.connect("demo-ssid", "demo-key")
-running = Partition(Partition.RUNNING).info()[4]
-if wlan.isconnected():
-    Partition.mark_app_valid_cancel_rollback()
-    print("health check passed on %s: image confirmed" % running)
-else:
-    print("health check FAILED on %s (no network): resetting, the bootloader rolls back" % running)
-    machine.reset()
-machine.WDT(timeout=600000)  # stand down: the demo board idles at the REPL
-"""
-NO_CONFIRM_MAIN = """\
-import machine
-from esp32 import Partition
-if Partition(Partition.RUNNING).info()[4] == "ota_1":
-    print("this v2 build never confirms itself: resetting")
-    machine.reset()
-"""
+SIZE = 1536 * 1024
+DEVICE = "demo-board-1"
 
 
 @dataclass
@@ -55,87 +38,103 @@ class Step:
         return self.expected == self.seen
 
 
-def _say(text: str) -> None:
+def _say(text: str = "") -> None:
     print(text, flush=True)
 
 
-def _boot(board: SimBoard, max_boots: int = 4) -> list[BootRecord]:
-    def show(record: BootRecord) -> None:
-        _say("    " + record.line())
-
-    return board.boot(max_boots=max_boots, timeout=30, echo=lambda line: _say("      | " + line),
-                      on_boot=show)
+def _boot(board: SimBoard, max_boots: int) -> list[BootRecord]:
+    return board.boot(max_boots=max_boots, timeout=60, heapsize="64K", frozen=AGENT_MODULES,
+                      echo=lambda line: _say("      | " + line),
+                      on_boot=lambda record: _say("    " + record.line()))
 
 
 def _settled(board: SimBoard, records: list[BootRecord]) -> str:
-    status = board.status()
-    states = "/".join(e["state"] for e in status["otadata"])
-    last = records[-1]
-    return f"{last.slot} v{last.version}, otadata {states}"
+    states = "/".join(e["state"] for e in board.status()["otadata"])
+    return f"{records[-1].slot} v{records[-1].version}, otadata {states}"
 
 
-def run(work: Path = WORK) -> list[Step]:
+def _new_board(work: Path, server: ServerHandle, pair: keys.KeyPair, v1: Path) -> SimBoard:
+    token = add_device(server.data, DEVICE, board="esp32-generic-4mb")
+    board = SimBoard.create(BOARD, v1, work / "board.flash")
+    config: dict[str, Any] = {
+        "server": server.url, "ca": "mpota-ca.der", "device_id": DEVICE, "token": token,
+        "board": "esp32-generic-4mb", "version": "1.0.0", "version_code": 100,
+        "trusted_keys": ["signing.pub.pem"], "wifi": {"ssid": "demo", "key": "demo-key"},
+        "watchdog_ms": 10000,
+    }
+    board.install_agent(config, {"mpota-ca.der": server.ca_der.read_bytes(),
+                                 "signing.pub.pem": pair.public.read_bytes()})
+    return board
+
+
+def run(work: Path = WORK) -> tuple[list[Step], list[dict[str, Any]]]:
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
     steps: list[Step] = []
 
-    _say("== 1. Build three simulated MicroPython firmware images (valid ESP32 app images)")
-    v1 = work / "fw-v1.bin"
-    v2 = work / "fw-v2.bin"
-    v3 = work / "fw-v3.bin"
-    for path, version, behaviour in ((v1, "1.0.0", "healthy"), (v2, "2.0.0", "healthy"),
-                                     (v3, "3.0.0", "health-fail")):
-        fw = write_image(path, version, behaviour, 1536 * 1024)
-        _say(f"    {path}: v{fw.version}, {fw.behaviour}, {fw.size} bytes")
+    _say("== 1. Create the signing key and three 1.5 MB firmware images")
+    pair = keys.generate(work / "keys")
+    key = keys.load_private(pair.private)
+    _say(f"    signing key {pair.key_id}: {pair.private} (private), {pair.public} (on devices)")
+    images = {}
+    for version, behaviour in (("1.0.0", "healthy"), ("2.0.0", "healthy"),
+                               ("3.0.0", "health-fail")):
+        images[version] = work / f"firmware-{version}.bin"
+        write_image(images[version], version, behaviour, SIZE)
+        _say(f"    {images[version]}: v{version} ({behaviour})")
 
-    _say("\n== 2. A new ESP32-generic 4 MiB board with v1 in ota_0; power on")
-    board = SimBoard.create(BOARD, v1, work / "board.flash")
-    records = _boot(board, 1)
-    steps.append(Step("fresh board boots v1", "ota_0 v1.0.0, otadata VALID/UNDEFINED",
-                      _settled(board, records)))
+    _say("\n== 2. Serve releases over HTTPS (dev CA) and provision a board running v1")
+    releases = work / "releases"
+    releases.mkdir()
+    server = start_server(releases, work / "server", pubkey=pair.public)
+    try:
+        _say(f"    mpota serve: {server.url}, devices pin {server.ca_der}")
+        board = _new_board(work, server, pair, images["1.0.0"])
+        _say(f"    board {DEVICE}: {board.flash}, agent installed in /lib/mpota")
+        records = _boot(board, 1)
+        steps.append(Step("v1 boots; the agent finds no update",
+                          "ota_0 v1.0.0, otadata VALID/UNDEFINED", _settled(board, records)))
 
-    _say("\n== 3. Write v2 into the other slot and set boot; the build never confirms itself")
-    board.write_file("main.py", NO_CONFIRM_MAIN)
-    board.clear_counters()
-    _say("    " + board.stage(v2).output.strip())
-    records = _boot(board, 3)
-    steps.append(Step("unconfirmed v2 rolls back to v1", "ota_0 v1.0.0, otadata VALID/ABORTED",
-                      _settled(board, records)))
+        _say("\n== 3. Release v2; the agent downloads, verifies, reboots and confirms it")
+        release.make_release(images["2.0.0"], releases / "v2", "esp32-generic-4mb", "2.0.0",
+                             200, key, security_counter=1, expires=release.parse_when("30d"))
+        records = _boot(board, 3)
+        steps.append(Step("v2 installed, passes probation, confirmed",
+                          "ota_1 v2.0.0, otadata VALID/VALID", _settled(board, records)))
 
-    _say("\n== 4. Install a probation check (watchdog + network health check + confirm); "
-         "update to v2 again")
-    board.write_file("main.py", PROBATION_MAIN)
-    _boot(board, 1)
-    _say("    " + board.stage(v2).output.strip())
-    records = _boot(board, 3)
-    steps.append(Step("v2 passes its health check and is confirmed",
-                      "ota_1 v2.0.0, otadata VALID/VALID", _settled(board, records)))
-    records = _boot(board, 1)
-    steps.append(Step("confirmed v2 survives a reboot", "ota_1 v2.0.0, otadata VALID/VALID",
-                      _settled(board, records)))
-
-    _say("\n== 5. Update to v3, whose network never comes up")
-    _say("    " + board.stage(v3).output.strip())
-    records = _boot(board, 3)
-    steps.append(Step("v3 fails its health check; the bootloader rolls back to v2",
-                      "ota_1 v2.0.0, otadata ABORTED/VALID", _settled(board, records)))
-
-    counters = board.counters()
-    erases = [counters.erases[i] for i in range(0x10000 // 4096, 0x310000 // 4096)]
-    _say(f"\n    flash operations since step 3: {counters.total}; "
-         f"most erases of one app sector: {max(erases)}")
-    return steps
+        _say("\n== 4. Release v3, whose Wi-Fi never comes up")
+        release.make_release(images["3.0.0"], releases / "v3", "esp32-generic-4mb", "3.0.0",
+                             300, key, security_counter=1)
+        records = _boot(board, 4)
+        steps.append(Step("v3 fails its health check; the bootloader rolls back to v2",
+                          "ota_1 v2.0.0, otadata ABORTED/VALID", _settled(board, records)))
+        records = _boot(board, 1)
+        steps.append(Step("v2 stays; the agent does not retry v3",
+                          "ota_1 v2.0.0, otadata ABORTED/VALID", _settled(board, records)))
+        history = reports(server.data, DEVICE)
+        seen = [r["state"] for r in history]
+        steps.append(Step("the server saw CONFIRMED for v2, then ROLLED_BACK for v3",
+                          "CONFIRMED(200) ROLLED_BACK(300)",
+                          " ".join(f"{r['state']}({r['target_version_code']})" for r in history
+                                   if r["state"] in ("CONFIRMED", "ROLLED_BACK"))))
+        _say(f"\n    server reports for {DEVICE}: {' -> '.join(seen)}")
+    finally:
+        server.stop()
+    return steps, history
 
 
 def main() -> int:
-    steps = run()
+    steps, history = run()
+    _say("\n== Server record (mpota reports)")
+    for r in history:
+        _say(f"    {r['time']}  {r['state']:<12} running {r['version_code']!s:<4} "
+             f"target {r['target_version_code']!s:<4} {r['detail'] or ''}")
     width = max(len(s.title) for s in steps)
     _say("\n== Summary")
-    _say(f"    {'step':<{width}}  {'expected':<38}  result")
+    _say(f"    {'step':<{width}}  {'expected':<36}  result")
     for s in steps:
-        mark = "ok" if s.ok else f"FAILED (saw {s.seen})"
-        _say(f"    {s.title:<{width}}  {s.expected:<38}  {mark}")
+        _say(f"    {s.title:<{width}}  {s.expected:<36}  {'ok' if s.ok else 'FAILED: ' + s.seen}")
     failed = [s for s in steps if not s.ok]
     _say("\nThe story happened as told." if not failed else f"\n{len(failed)} step(s) failed.")
     return 1 if failed else 0
