@@ -112,8 +112,11 @@ class StaticHTTPS:
     """Serve a directory over HTTPS with Python's http.server: no Range support,
     every GET answers 200 with the whole file."""
 
+    handler: type[http.server.SimpleHTTPRequestHandler] = _Quiet
+
     def __init__(self, root: Path, cert: Path, key: Path) -> None:
-        handler = lambda *a, **kw: _Quiet(*a, directory=str(root), **kw)  # noqa: E731
+        kind = self.handler
+        handler = lambda *a, **kw: kind(*a, directory=str(root), **kw)  # noqa: E731
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(cert, key)
@@ -131,3 +134,26 @@ class StaticHTTPS:
 
     def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
         self.close()
+
+
+class _Hops(_Quiet):
+    """GET /hop/N/path answers 302 to /hop/N-1/path, then serves /path."""
+
+    def do_GET(self) -> None:
+        parts = self.path.split("/", 3)
+        if len(parts) == 4 and parts[1] == "hop" and parts[2].isdigit():
+            hops = int(parts[2])
+            if hops > 0:
+                self.send_response(302)
+                self.send_header("Location", f"/hop/{hops - 1}/{parts[3]}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self.path = "/" + parts[3]
+        super().do_GET()
+
+
+class RedirectingHTTPS(StaticHTTPS):
+    """StaticHTTPS that also bounces /hop/N/... through N redirects."""
+
+    handler = _Hops

@@ -14,7 +14,7 @@ from helpers import BOARD_8MB
 from mpota_host import devtls
 from mpota_host.server.app import start_server
 from mpota_host.sim.harness import AGENT_MODULES, BootRecord, SimBoard
-from netfaults import FaultProxy, StaticHTTPS
+from netfaults import FaultProxy, RedirectingHTTPS, StaticHTTPS
 
 SLOT1 = 0x190000
 WIFI = {"wifi": {"ssid": "sim", "key": "sim-key"}}
@@ -273,3 +273,51 @@ def test_repl_status_reports_the_slots(fleet) -> None:
     records = board.boot(max_boots=1)
     out = records[0].output
     assert "running ota_0 v1.0.0 (code 1, VALID); agent IDLE; next slot ota_1" in out, out
+
+
+def test_redirects_are_followed_up_to_a_bound(fleet) -> None:
+    rel = fleet.publish("2.0.0", 2, name="hops")
+    tls = devtls.DevTLS(fleet.data / "tls")
+    with RedirectingHTTPS(fleet.releases, tls.cert, tls.key) as static:
+        base = f"https://localhost:{static.port}"
+        main = ("import mpota\nmpota.probation()\n"
+                f"print('RESULT', mpota.update('{base}/hop/5/{rel.name}/'))\n"
+                f"print('RESULT', mpota.update('{base}/hop/2/{rel.name}/'))\n")
+        board = fleet.device(config=WIFI, main_py=main)
+        records = board.boot(max_boots=3)
+    assert "more than 3 redirects" in records[0].output
+    assert story(records) == [("ota_0", "1.0.0", "reset"), ("ota_1", "2.0.0", "repl")]
+
+
+def test_stalled_download_times_out_then_resumes_after_a_reset(fleet) -> None:
+    size = 256 * 1024
+    fleet.publish("2.0.0", 2, size=size)
+    with FaultProxy(fleet.server.port, stall_after=120_000) as proxy:
+        board = fleet.device(port=proxy.port, config=WIFI | {
+            "health": {"server": False},
+            "download": {"stall_s": 1, "retries": 2, "backoff_ms": 10, "window": 16384}})
+        records = board.boot(max_boots=2)
+        out = records[0].output
+        assert story(records) == [("ota_0", "1.0.0", "repl")], out
+        assert "ETIMEDOUT" in out and "download failed 3 times in a row" in out, out
+        state = agent_state(board)
+        assert state["state"] == "DOWNLOADING" and 0 < state["written"] < size
+        written = state["written"]
+        proxy.stall_after = None
+        board.clear_counters()
+        records = board.boot(max_boots=3)
+    assert story(records) == [("ota_0", "1.0.0", "reset"), ("ota_1", "2.0.0", "repl")]
+    assert f"resuming at {written}" in " ".join(r["detail"] or "" for r in
+                                                 fleet.reports(device_id(board)))
+    counters = board.counters()
+    # blocks already on flash were only read back, not erased again
+    assert counters.in_range(SLOT1, written)[0] == 0
+    assert counters.in_range(SLOT1 + written, size - written)[0] == (size - written) // 4096
+
+
+def test_wrong_token_gets_a_clear_error(fleet) -> None:
+    fleet.publish("2.0.0", 2)
+    board = fleet.device(config=WIFI | {"token": "not-the-token"})
+    records = board.boot(max_boots=2)
+    assert "HTTP 401: the server does not accept this device's id/token" in records[0].output
+    assert story(records) == [("ota_0", "1.0.0", "repl")]
