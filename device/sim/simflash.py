@@ -98,8 +98,9 @@ class Flash:
             self._f.seek(sector_addr)
             pos = sector_addr
             while pos < end:
-                self._f.write(self._ff)
-                pos += _CHUNK
+                k = min(_CHUNK, end - pos)
+                self._f.write(self._ff if k == _CHUNK else self._ff[:k])
+                pos += k
             if cut:
                 die(self.sim_dir, "power-cut erase 0x%x" % sector_addr)
 
