@@ -13,6 +13,8 @@ import time
 from mpota import fetch, manifest, state
 from mpota.errors import (
     BusyError,
+    DecryptionError,
+    NotARecipient,
     DownloadError,
     ManifestError,
     OTAError,
@@ -158,7 +160,8 @@ class Agent:
         slot_size = target.ioctl(4, 0) * target.ioctl(5, 0)
         try:
             m = manifest.check(raw, sig, self.keys, self.facts(slot_size))
-        except ManifestError as e:
+            key = self.content_key(m)
+        except (ManifestError, DecryptionError) as e:
             self.fail(e, "release refused before anything was written")
             raise
         resume = self.st.name == state.DOWNLOADING and \
@@ -176,7 +179,7 @@ class Agent:
         self.report("DOWNLOADING", "resuming at %d" % written if written else None,
                     m.version_code)
         try:
-            self._download(target, m, written)
+            self._download(target, m, written, key)
         except OTAError as e:
             if not isinstance(e, DownloadError) or e.status is not None:
                 self.fail(e, "download stopped")
@@ -186,21 +189,38 @@ class Agent:
         print("mpota: %s staged in %s" % (m.version, self.hw.label(target)))
         return m
 
-    def _download(self, target, m, written):
+    def content_key(self, m):
+        """The content key of an encrypted release (None for a plain one)."""
+        enc = m.fields.get("encryption")
+        if enc is None:
+            return None
+        from mpota import ecies, enckey
+
+        d, public, kid = enckey.load(self.hw.nvs())
+        for recipient in enc["recipients"]:
+            if recipient["key_id"] == kid:
+                return ecies.unwrap(d, public, recipient)
+        raise NotARecipient("the release is encrypted for key(s) %s; this device's key is %s"
+                            % (", ".join(r["key_id"] for r in enc["recipients"]), kid))
+
+    def _download(self, target, m, written, key):
         buf = memoryview(bytearray(BLOCK))
-        writer = SlotWriter(target, m.size, buf)
+        enc = m.fields.get("encryption")
+        iv = binascii.unhexlify(enc["iv"]) if enc else None
+        writer = SlotWriter(target, m.size, buf, key, iv, m.payload_size)
         if written:
             writer.resume(written, self.hw.feed)
 
-        shown = [written * 10 // m.size]
+        shown = [written * 10 // m.payload_size]
 
         def progress(committed):
             self.st.save(written=committed)
             self.hw.feed()
-            tenth = committed * 10 // m.size
+            tenth = committed * 10 // m.payload_size
             if tenth > shown[0]:
                 shown[0] = tenth
-                print("mpota: downloaded %d%% (%d of %d bytes)" % (tenth * 10, committed, m.size))
+                print("mpota: downloaded %d%% (%d of %d bytes)"
+                      % (tenth * 10, committed, m.payload_size))
 
         fetch.download(self.client(), self.st.get("target")["url"], writer,
                        self.cfg["download"], progress, feed=self.hw.feed)

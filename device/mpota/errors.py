@@ -109,3 +109,21 @@ class BusyError(OTAError):
 
 class HealthCheckError(OTAError):
     code = "health"
+
+
+class DecryptionError(OTAError):
+    """An encrypted release cannot be decrypted by this device."""
+
+    code = "decrypt"
+
+
+class NoDecryptionKey(DecryptionError):
+    code = "no-decryption-key"
+
+
+class NotARecipient(DecryptionError):
+    code = "not-a-recipient"
+
+
+class KeyUnwrapError(DecryptionError):
+    code = "key-unwrap"

@@ -28,11 +28,12 @@ def _content_range(text):
 def download(client, url, writer, opts, progress=None, sleep_ms=time.sleep_ms, feed=None):
     """Fill writer (already resumed at its offset) from url; opts is the
     config's "download" section.  progress(committed) runs after each window."""
-    size = writer.size
+    size = writer.total
     failures = 0
     while writer.offset < size:
-        start = writer.offset
-        end = min(start + opts["window"], size) - 1
+        pre = writer.iv_needed()  # CBC resumes need the ciphertext block before offset
+        start = writer.offset - pre
+        end = min(start + pre + opts["window"], size) - 1
         try:
             r = client.request("GET", url, {"Range": "bytes=%d-%d" % (start, end)})
             if r.status == 206:
@@ -52,6 +53,16 @@ def download(client, url, writer, opts, progress=None, sleep_ms=time.sleep_ms, f
                 count = size - start
             else:
                 client.expect(r, 206)
+            if pre:
+                iv = bytearray(pre)
+                got = 0
+                while got < pre:
+                    n = r.readinto(memoryview(iv)[got:])
+                    if not n:
+                        raise TransportError("connection closed before the CBC IV")
+                    got += n
+                writer.set_iv(iv)
+                count -= pre
             writer.pull(r, count)
             if r.remaining:
                 client.close()  # unread body: the connection cannot be reused

@@ -172,11 +172,35 @@ def parse(raw, key_id):
     if fields["key_id"] != key_id:
         raise ManifestFormatError("manifest names key %s but was signed by %s"
                                   % (fields["key_id"], key_id))
-    if fields.get("encryption") is None and (
-            fields["payload_size"] != fields["size"]
-            or fields["payload_sha256"] != fields["sha256"]):
-        raise ManifestFormatError("an unencrypted payload must have the image's size and hash")
+    if fields.get("encryption") is None:
+        if fields["payload_size"] != fields["size"] or \
+                fields["payload_sha256"] != fields["sha256"]:
+            raise ManifestFormatError("an unencrypted payload must have the image's size and hash")
+    else:
+        _check_encryption(fields)
     return Manifest(fields, key_id)
+
+
+def _check_encryption(fields):
+    enc = fields["encryption"]
+    if enc.get("alg") != "aes-256-cbc" or enc.get("kdf") != "ecies-p256-hkdf-sha256-aeskw":
+        raise ManifestFormatError("encryption %r / %r is not supported (this agent reads "
+                                  "aes-256-cbc with ecies-p256-hkdf-sha256-aeskw)"
+                                  % (enc.get("alg"), enc.get("kdf")))
+    if type(enc.get("iv")) is not str or not _is_hex(enc["iv"], 32):
+        raise ManifestFormatError("encryption iv must be 32 lowercase hex digits")
+    recipients = enc.get("recipients")
+    if type(recipients) is not list or not 0 < len(recipients) <= 16:
+        raise ManifestFormatError("encryption recipients must be a list of 1-16 entries")
+    for r in recipients:
+        if type(r) is not dict or not all(
+                type(r.get(k)) is str and _is_hex(r[k], n)
+                for k, n in (("key_id", 16), ("epk", 130), ("wrapped_key", 80))):
+            raise ManifestFormatError("each recipient needs key_id (16 hex), epk (130 hex) "
+                                      "and wrapped_key (80 hex)")
+    if fields["payload_size"] != (fields["size"] + 15) // 16 * 16:
+        raise ManifestFormatError("encrypted payload_size %d is not the image size %d "
+                                  "rounded up to 16" % (fields["payload_size"], fields["size"]))
 
 
 def judge(m, facts):

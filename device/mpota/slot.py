@@ -5,23 +5,40 @@
 import binascii
 import hashlib
 
+import cryptolib
+
 from mpota.errors import ImageError, SlotTooSmall, TransportError
 
 BLOCK = const(4096)
 
 
 class SlotWriter:
-    def __init__(self, part, size, buf):
+    """Payload bytes in, image on flash.  With key (an encrypted release) the
+    payload is AES-256-CBC ciphertext, decrypted block by block in place;
+    total is then the payload size (the image size rounded up to 16)."""
+
+    def __init__(self, part, size, buf, key=None, iv=None, total=None):
         capacity = part.ioctl(4, 0) * part.ioctl(5, 0)
         if size > capacity:
             raise SlotTooSmall("image is %d bytes, slot %s holds %d"
                                % (size, part.info()[4], capacity))
         self.part = part
-        self.size = size
+        self.size = size  # image bytes to write and hash
+        self.total = total or size  # payload bytes to download
         self.buf = buf  # memoryview(bytearray(4096)), owned by the caller
         self.sha = hashlib.sha256()
-        self.committed = 0  # bytes on flash, a multiple of BLOCK until the end
+        self.committed = 0  # payload bytes handled, a multiple of BLOCK until the end
         self.fill = 0  # bytes in buf not yet on flash
+        self.key = key
+        self.cipher = cryptolib.aes(key, 2, iv) if key else None
+
+    def iv_needed(self):
+        """Bytes of ciphertext just before offset the download must supply
+        (CBC's IV after a resume), else 0."""
+        return 16 if self.key and self.cipher is None else 0
+
+    def set_iv(self, iv):
+        self.cipher = cryptolib.aes(self.key, 2, bytes(iv))
 
     @property
     def offset(self):
@@ -30,9 +47,11 @@ class SlotWriter:
     def resume(self, offset, feed=None):
         """Continue after offset bytes already on flash: hash them again
         (a hash object cannot be saved across a reset)."""
-        if offset % BLOCK or offset > self.size:
+        if offset % BLOCK or offset > self.total:
             raise ImageError("cannot resume at %d: not a block boundary" % offset)
         self.sha = hashlib.sha256()
+        if self.key and offset:
+            self.cipher = None  # the IV is the ciphertext block before offset
         for block in range(offset // BLOCK):
             self.part.readblocks(block, self.buf)
             self.sha.update(self.buf)
@@ -47,8 +66,16 @@ class SlotWriter:
 
     def _flush(self):
         n = self.fill
-        self.sha.update(self.buf[:n])
-        for i in range(n, BLOCK):
+        if self.cipher is not None:
+            self.cipher.decrypt(self.buf[:n], self.buf[:n])
+        if self.committed == 0 and self.buf[0] != 0xE9:
+            raise ImageError("the payload does not start with an app image header (0xE9): %s"
+                             % ("wrong content key or not encrypted" if self.key else
+                                "encrypted, or not an app image, while the manifest says "
+                                "plain"))
+        real = min(n, self.size - self.committed)
+        self.sha.update(self.buf[:real])
+        for i in range(real, BLOCK):
             self.buf[i] = 0xFF  # erased flash: padding the last block writes nothing
         self.part.writeblocks(self.committed // BLOCK, self.buf)
         self.committed += n
@@ -56,8 +83,8 @@ class SlotWriter:
 
     def pull(self, response, count):
         """Move count bytes from response into the slot."""
-        if self.offset + count > self.size:
-            raise ImageError("refusing data past the image's %d bytes" % self.size)
+        if self.offset + count > self.total:
+            raise ImageError("refusing data past the payload's %d bytes" % self.total)
         while count:
             want = min(BLOCK - self.fill, count)
             n = response.readinto(self.buf[self.fill:self.fill + want])
@@ -65,7 +92,7 @@ class SlotWriter:
                 raise TransportError("the server stopped sending %d bytes early" % count)
             self.fill += n
             count -= n
-            if self.fill == BLOCK or self.offset == self.size:
+            if self.fill == BLOCK or self.offset == self.total:
                 self._flush()
 
     def skip(self, response, count):
@@ -80,8 +107,8 @@ class SlotWriter:
     def check(self, expected_hex, feed=None):
         """The streamed hash and a hash of the slot read back must both be
         the manifest's; raises ImageError otherwise."""
-        if self.offset != self.size:
-            raise ImageError("only %d of %d bytes were written" % (self.offset, self.size))
+        if self.offset != self.total:
+            raise ImageError("only %d of %d bytes were written" % (self.offset, self.total))
         streamed = binascii.hexlify(self.sha.digest()).decode()
         if streamed != expected_hex:
             raise ImageError("image SHA-256 %s... does not match the manifest's %s...: "
