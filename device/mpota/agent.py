@@ -36,6 +36,8 @@ class Agent:
         self.busy = busy  # application busy check: callable -> bool
         self.keys = TrustedKeys(cfg["trusted_pems"])
         self._client = None
+        # the one block buffer, taken while the heap is still in one piece
+        self.buf = memoryview(bytearray(BLOCK))
 
     # facts about this device
 
@@ -204,7 +206,7 @@ class Agent:
                             % (", ".join(r["key_id"] for r in enc["recipients"]), kid))
 
     def _download(self, target, m, written, key):
-        buf = memoryview(bytearray(BLOCK))
+        buf = self.buf
         enc = m.fields.get("encryption")
         iv = binascii.unhexlify(enc["iv"]) if enc else None
         writer = SlotWriter(target, m.size, buf, key, iv, m.payload_size)
@@ -277,8 +279,7 @@ class Agent:
                              % (target["slot"], self.hw.label(slot)))
         try:
             # the image waited in flash: check it again, then let the bootloader have it
-            check_slot(slot, target["size"], target["sha256"],
-                       memoryview(bytearray(BLOCK)), self.hw.feed)
+            check_slot(slot, target["size"], target["sha256"], self.buf, self.hw.feed)
             slot.set_boot()  # ESP-IDF validates the image once more
         except (OTAError, OSError) as e:
             self.fail(e, "staged image failed its final check")

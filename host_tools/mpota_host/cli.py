@@ -56,19 +56,22 @@ def partition_table_cmd(board_dir: str, out: Path) -> None:
 
 @cli.command("keygen")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Directory for signing.pem (private, 0600) and signing.pub.pem.")
+              help="Directory for KIND.pem (private, 0600) and KIND.pub.pem.")
+@click.option("--kind", type=click.Choice(["signing", "encryption"]), default="signing",
+              show_default=True, help="signing: releases; encryption: a fleet decryption key.")
 @click.option("--passphrase", is_flag=True,
               help="Encrypt the private key (passphrase asked for, or $MPOTA_KEY_PASSPHRASE).")
-def keygen_cmd(out: Path, passphrase: bool) -> None:
-    """Create an ECDSA P-256 signing key pair; never overwrites an existing key."""
+def keygen_cmd(out: Path, kind: str, passphrase: bool) -> None:
+    """Create a P-256 key pair (signing or encryption); never overwrites a key."""
     secret = None
     if passphrase:
         text = os.environ.get(keys.PASSPHRASE_ENV) or click.prompt(
             "Passphrase", hide_input=True, confirmation_prompt=True)
         secret = text.encode()
-    pair = keys.generate(out, secret)
+    pair = keys.generate(out, secret, name=kind)
     click.echo(f"private key: {pair.private} (keep it secret, mode 0600)")
-    click.echo(f"public key:  {pair.public} (install on devices)")
+    click.echo(f"public key:  {pair.public} "
+               f"({'install on devices' if kind == 'signing' else 'give to mpota release'})")
     click.echo(f"key id:      {pair.key_id}")
 
 
@@ -88,16 +91,25 @@ def keygen_cmd(out: Path, passphrase: bool) -> None:
 @click.option("--min-version-code", type=click.IntRange(0, 0x7FFFFFFF),
               help="Devices must run at least this version_code first.")
 @click.option("--notes", help="Release notes (short).")
+@click.option("--encrypt-for", "encrypt_for", multiple=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Encrypt the image for this public key (encryption.pub.pem); repeatable.")
 def release_cmd(firmware: Path, version: str, version_code: int, board_name: str,
                 key_path: Path, out: Path, security_counter: int, expires: str | None,
-                min_version_code: int | None, notes: str | None) -> None:
-    """Check FIRMWARE with esptool and write a signed release directory."""
+                min_version_code: int | None, notes: str | None,
+                encrypt_for: tuple[Path, ...]) -> None:
+    """Check FIRMWARE with esptool and write a signed (optionally encrypted) release."""
     key = keys.load_private(key_path)
     when = release.parse_when(expires) if expires else None
+    recipients = [keys.load_public(p) for p in encrypt_for]
     fields = release.make_release(firmware, out, board_name, version, version_code, key,
-                                  security_counter, when, min_version_code, notes)
+                                  security_counter, when, min_version_code, notes,
+                                  recipients or None)
     click.echo(f"{out}: release {fields['version']} (version_code {fields['version_code']}) "
                f"for {fields['board']}, {fields['size']} bytes, signed by key {fields['key_id']}")
+    if fields.get("encryption"):
+        ids = ", ".join(r["key_id"] for r in fields["encryption"]["recipients"])
+        click.echo(f"  encrypted (AES-256-CBC) for {ids}")
 
 
 @cli.command("verify")
@@ -105,9 +117,14 @@ def release_cmd(firmware: Path, version: str, version_code: int, board_name: str
 @click.option("--pubkey", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               required=True, help="The public key devices trust (signing.pub.pem).")
 @click.option("--board", "board_name", help="Check against this board instead of the manifest's.")
-def verify_cmd(reldir: Path, pubkey: Path, board_name: str | None) -> None:
+@click.option("--decrypt-with", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A recipient's private key (encryption.pem): check it decrypts the image.")
+def verify_cmd(reldir: Path, pubkey: Path, board_name: str | None,
+               decrypt_with: Path | None) -> None:
     """Check a release as a device would; exit 0 only when every check holds."""
-    report = release.verify_release(reldir, keys.load_public(pubkey), board_name=board_name)
+    private = keys.load_private(decrypt_with) if decrypt_with else None
+    report = release.verify_release(reldir, keys.load_public(pubkey), board_name=board_name,
+                                    decrypt_with=private)
     for check in report.checks:
         click.echo(f"  {'ok  ' if check.ok else 'FAIL'} {check.name:<16} {check.message}")
     if not report.ok:
@@ -142,7 +159,11 @@ def _inspect_release(reldir: Path) -> dict[str, object]:
                  "notes"):
         if fields.get(name) is not None:
             info[name] = fields[name]
-    info["encrypted"] = fields.get("encryption") is not None
+    enc = fields.get("encryption")
+    info["encrypted"] = enc is not None
+    if isinstance(enc, dict):
+        info["encryption"] = f"{enc.get('alg')} / {enc.get('kdf')}"
+        info["recipients"] = [r.get("key_id") for r in enc.get("recipients", [])]
     info["signature_bytes"] = len(sig)
     info["payload_matches"] = size == fields.get("payload_size") and digest == fields.get(
         "payload_sha256")

@@ -21,7 +21,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from . import board as boards
-from . import keys
+from . import encryption, keys
 from .appimage import ImageFacts, check_app_image
 from .errors import MpotaError, ReleaseError
 
@@ -139,8 +139,12 @@ def make_release(
     expires: dt.datetime | None = None,
     min_version_code: int | None = None,
     notes: str | None = None,
+    encrypt_for: list[ec.EllipticCurvePublicKey] | None = None,
 ) -> dict[str, Any]:
-    """Pre-flight FIRMWARE for BOARD, then write a signed release directory OUT."""
+    """Pre-flight FIRMWARE for BOARD, then write a signed release directory OUT.
+
+    With ``encrypt_for`` the payload is the AES-256-CBC ciphertext of the image
+    and the content key is wrapped for each of those public keys."""
     if out.exists():
         raise ReleaseError(f"{out} already exists; releases are never overwritten")
     board = boards.load(board_name)
@@ -150,13 +154,19 @@ def make_release(
         image, sha256, board, version, version_code, keys.key_id(signing_key.public_key()),
         security_counter, expires, min_version_code, notes,
     )
-    raw = encode_manifest(fields)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
+        if encrypt_for:
+            params, payload_size, payload_sha = encryption.encrypt_file(
+                firmware, staging / PAYLOAD, encrypt_for)
+            fields.update(encryption=params, payload_size=payload_size,
+                          payload_sha256=payload_sha)
+        else:
+            shutil.copyfile(firmware, staging / PAYLOAD)
+        raw = encode_manifest(fields)
         (staging / MANIFEST).write_bytes(raw)
         (staging / SIGNATURE).write_bytes(keys.sign(signing_key, raw))
-        shutil.copyfile(firmware, staging / PAYLOAD)
         os.chmod(staging, 0o755)
         os.rename(staging, out)
     except BaseException:
@@ -225,8 +235,10 @@ def verify_release(
     public: ec.EllipticCurvePublicKey,
     now: dt.datetime | None = None,
     board_name: str | Path | None = None,
+    decrypt_with: ec.EllipticCurvePrivateKey | None = None,
 ) -> Report:
-    """Check signature, key id, fields, sizes, hashes, expiry and board fit."""
+    """Check signature, key id, fields, sizes, hashes, expiry and board fit; with
+    ``decrypt_with``, that this recipient can decrypt the image it was promised."""
     raw, sig, payload = read_release(directory)
     report = Report(directory)
     if not report.add("manifest size", len(raw) <= MAX_MANIFEST,
@@ -259,9 +271,27 @@ def verify_release(
     if fields.get("encryption") is None:
         report.add("image hash", digest == fields["sha256"] and size == fields["size"],
                    "unencrypted payload must equal the image (size and sha256)")
+        if decrypt_with is not None:
+            report.add("decryption", False, "the release is not encrypted")
+    elif decrypt_with is not None:
+        _check_decryption(report, fields, payload, decrypt_with)
     _check_expiry(report, fields, now or dt.datetime.now(dt.timezone.utc))
     _check_board(report, fields, board_name)
     return report
+
+
+def _check_decryption(report: Report, fields: dict[str, Any], payload: Path,
+                      private: ec.EllipticCurvePrivateKey) -> None:
+    try:
+        plain = encryption.decrypted_sha256(payload, fields["encryption"], private,
+                                            fields["size"])
+    except (ReleaseError, KeyError, ValueError) as e:
+        report.add("decryption", False, str(e))
+        return
+    report.add("decryption", True, f"key {keys.key_id(private.public_key())} unwraps the "
+               "content key")
+    report.add("plaintext hash", plain == fields["sha256"],
+               f"decrypted image SHA-256 {plain[:16]}..., manifest says {fields['sha256'][:16]}...")
 
 
 def _check_expiry(report: Report, fields: dict[str, Any], now: dt.datetime) -> None:

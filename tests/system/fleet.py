@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from helpers import BOARD_4MB
-from mpota_host import keys, release
+from mpota_host import keys, provision, release
 from mpota_host.firmware import write_image
 from mpota_host.server.app import ServerHandle, start_server
 from mpota_host.server.store import add_device, reports
@@ -41,7 +41,8 @@ class Fleet:
 
     def device(self, version: str = "1.0.0", version_code: int = 1, port: int | None = None,
                config: dict[str, Any] | None = None, main_py: str | None = None,
-               ca_der: bytes | None = None, board_dir: Path = BOARD_4MB) -> SimBoard:
+               ca_der: bytes | None = None, board_dir: Path = BOARD_4MB,
+               enc_key: Path | None = None) -> SimBoard:
         number = next(self._ids)
         device_id = f"dev{number}"
         token = add_device(self.data, device_id, board=None)
@@ -66,6 +67,8 @@ class Fleet:
                  "signing.pub.pem": self.pair.public.read_bytes()}
         kwargs = {"main_py": main_py} if main_py is not None else {}
         board.install_agent(cfg, files, **kwargs)
+        if enc_key is not None:
+            provision.install_fleet_key(board.exec, enc_key)
         return board
 
     def reports(self, device_id: str | None = None) -> list[dict[str, Any]]:

@@ -311,6 +311,19 @@ class SimBoard:
         os.replace(tmp, path)
         return path
 
+    def exec(self, code: str, heapsize: str = runner.DEFAULT_HEAP) -> str:
+        """Run MicroPython code on the board (as the running firmware); its output."""
+        script = self.sim_dir / "exec.py"
+        script.write_text(code)
+        try:
+            result = self.run(script, heapsize=heapsize)
+        finally:
+            script.unlink(missing_ok=True)  # it may hold a key
+        if result.ended != "exit:0":
+            raise SimulatorError(f"code on the board ended with {result.ended}:\n"
+                                 f"{result.output[-1500:]}")
+        return result.output
+
     def install_agent(self, config: dict[str, Any], files: dict[str, bytes],
                       boot_py: str = AGENT_BOOT, main_py: str = AGENT_MAIN) -> None:
         """Install the compiled mpota package in /lib, its config and files, and the
