@@ -6,7 +6,7 @@ import sys
 import time
 
 import naive_p256
-from mpota import p256
+from mpota import ecies, p256
 
 
 def load(path):
@@ -37,5 +37,11 @@ inv_fast = (p256.inversions - before) / (rounds * len(cases))
 before = p256.inversions
 naive = timed(naive_p256.verify, cases, rounds)
 inv_naive = (p256.inversions - before) / (rounds * len(cases))
+d = int.from_bytes(b"\x5a" * 32, "big")
+start = time.ticks_us()
+for _ in range(rounds):
+    for q, _, _ in cases:
+        ecies.ecdh(d, q)
+ecdh = time.ticks_diff(time.ticks_us(), start) / (rounds * len(cases))
 print(json.dumps({"fast_us": fast, "naive_us": naive, "fast_inversions": inv_fast,
-                  "naive_inversions": inv_naive}))
+                  "naive_inversions": inv_naive, "ecdh_us": ecdh}))

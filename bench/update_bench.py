@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from mpota_host import keys, release
+from mpota_host import keys, provision, release
 from mpota_host.firmware import write_image
 from mpota_host.server.app import start_server
 from mpota_host.server.store import add_device
@@ -67,15 +67,17 @@ print("INSTALLED")
 """
 
 
-def _setup(work: Path) -> tuple[Any, SimBoard, dict[str, Any]]:
+def _setup(work: Path, encrypted: bool) -> tuple[Any, SimBoard]:
     pair = keys.generate(work / "keys")
     fw1, fw2 = work / "v1.bin", work / "v2.bin"
     write_image(fw1, "1.0.0", "healthy", 64 * 1024)
     write_image(fw2, "2.0.0", "healthy", SIZE)
     releases = work / "releases"
     releases.mkdir()
+    enc = keys.generate(work / "keys", name="encryption") if encrypted else None
     release.make_release(fw2, releases / "v2", "esp32-generic-4mb", "2.0.0", 2,
-                         keys.load_private(pair.private))
+                         keys.load_private(pair.private),
+                         encrypt_for=[keys.load_public(enc.public)] if enc else None)
     server = start_server(releases, work / "server")
     token = add_device(server.data, "bench")
     board = SimBoard.create(BOARD, fw1, work / "bench.flash")
@@ -85,8 +87,10 @@ def _setup(work: Path) -> tuple[Any, SimBoard, dict[str, Any]]:
     board.install_agent(config, {"ca.der": server.ca_der.read_bytes(),
                                  "signing.pub.pem": pair.public.read_bytes()},
                         main_py="")
+    if enc:
+        provision.install_fleet_key(board.exec, enc.private)
     board.boot(max_boots=1)
-    return server, board, config
+    return server, board
 
 
 def _fresh(board: SimBoard) -> None:
@@ -106,12 +110,11 @@ def _min_heap(board: SimBoard, script: Path, frozen: tuple[str, ...]) -> int:
     return lo
 
 
-def run() -> str:
+def _measure(encrypted: bool) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        server, board, _ = _setup(work)
+        server, board = _setup(work, encrypted)
         try:
-            print("update: 1.5 MB over HTTPS on the simulated board...", flush=True)
             script = work / "bench_update.py"
             script.write_text(DEVICE_SCRIPT)
             board.clear_counters()
@@ -121,27 +124,37 @@ def run() -> str:
                 raise SystemExit(f"update benchmark failed:\n{result.output}")
             update_ms, bare_ms, _ = (int(x) for x in line.split()[1:])
             counters = board.counters()
-            blocks = SIZE // 4096
-            erases = [counters.sector(SLOT1 + i * 4096)[0] for i in range(blocks)]
-            print("update: smallest heap (binary search)...", flush=True)
+            erases = [counters.sector(SLOT1 + i * 4096)[0] for i in range(SIZE // 4096)]
             install = work / "bench_install.py"
             install.write_text(INSTALL_ONLY)
             frozen_kib = _min_heap(board, install, AGENT_MODULES)
             mpy_kib = _min_heap(board, install, ())
         finally:
             server.stop()
+    return {"update_ms": update_ms, "bare_ms": bare_ms, "heap_frozen_kib": frozen_kib,
+            "heap_mpy_kib": mpy_kib, "max_erases": max(erases),
+            "mean_erases": sum(erases) / len(erases)}
+
+
+def run() -> str:
+    print("update: 1.5 MB over HTTPS on the simulated board, plain then encrypted...",
+          flush=True)
+    plain = _measure(encrypted=False)
+    enc = _measure(encrypted=True)
+    rows = []
+    for name, m in (("plain", plain), ("encrypted", enc)):
+        rows.append(f"| {name} release: check, verify, ranged download, write, read back | "
+                    f"{m['update_ms']} ms | {m['update_ms'] / m['bare_ms']:.2f}x | "
+                    f"{m['bare_ms']} ms | {m['heap_frozen_kib']} / {m['heap_mpy_kib']} KiB | "
+                    f"{m['max_erases']} |")
     return "\n".join([
         "## 1.5 MB update over HTTPS on the simulated board (one run)",
         "",
-        "| what | time | vs bare TLS download |",
-        "|---|---|---|",
-        f"| agent install (check, verify, ranged download, write, read back) | {update_ms} ms "
-        f"| {update_ms / bare_ms:.2f}x |",
-        f"| bare TLS GET of the same 1.5 MB, same interpreter | {bare_ms} ms | 1.00x |",
+        "| install | time | vs bare TLS GET | bare TLS GET (same bytes, same interpreter) "
+        "| smallest heap: frozen / .mpy | max erases per block |",
+        "|---|---|---|---|---|---|",
+        *rows,
         "",
-        f"flash erases per slot block: max {max(erases)}, mean {sum(erases) / blocks:.2f} "
-        f"({blocks} blocks); smallest heap for the install: {frozen_kib} KiB with mpota "
-        f"frozen into the firmware, {mpy_kib} KiB with mpota as .mpy files on the filesystem",
-        json.dumps({"update_ms": update_ms, "bare_ms": bare_ms, "heap_frozen_kib": frozen_kib,
-                    "heap_mpy_kib": mpy_kib, "max_erases": max(erases)}),
+        f"encrypted vs plain install: {enc['update_ms'] / plain['update_ms']:.2f}x",
+        json.dumps({"plain": plain, "encrypted": enc}),
     ])

@@ -2,6 +2,7 @@
 # keep-alive connection, reconnect with exponential backoff and jitter after
 # a drop, resume at the last fully written block, and never accept more
 # bytes than the manifest announced.
+import gc
 import os
 import time
 
@@ -31,6 +32,7 @@ def download(client, url, writer, opts, progress=None, sleep_ms=time.sleep_ms, f
     size = writer.total
     failures = 0
     while writer.offset < size:
+        gc.collect()  # keep the heap in one piece for TLS records and the next window
         pre = writer.iv_needed()  # CBC resumes need the ciphertext block before offset
         start = writer.offset - pre
         end = min(start + pre + opts["window"], size) - 1

@@ -10,7 +10,7 @@ import tls
 
 from mpota.errors import DownloadError, TLSError, TransportError
 
-_LINE = const(1024)
+_LINE = const(512)
 _HEADERS = const(40)
 _KEEP = ("content-length", "content-range", "location", "connection", "transfer-encoding")
 _MEANING = {
@@ -94,6 +94,19 @@ class Client:
         self.redirects = redirects
         self._sock = None
         self._at = None  # (host, port) of the open connection
+        self._line = bytearray(_LINE)  # header lines are read here: no allocation per line
+
+    def _readline(self, sock):
+        # one byte at a time from TLS's already-decrypted buffer, into _line
+        mv = memoryview(self._line)
+        n = 0
+        while n < _LINE:
+            if not sock.readinto(mv[n:n + 1]):
+                break
+            n += 1
+            if self._line[n - 1] == 10:
+                break
+        return bytes(mv[:n])
 
     def close(self):
         if self._sock is not None:
@@ -144,7 +157,7 @@ class Client:
 
     def _head(self, sock):
         try:
-            status_line = sock.readline(_LINE)
+            status_line = self._readline(sock)
         except OSError as e:
             raise TransportError("no response: %s" % (e,))
         if not status_line:
@@ -161,7 +174,7 @@ class Client:
         headers = {}
         for _ in range(_HEADERS):
             try:
-                line = sock.readline(_LINE)
+                line = self._readline(sock)
             except OSError as e:
                 raise TransportError("connection broke in the headers: %s" % (e,))
             if not line.endswith(b"\n"):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import keys, release
+from . import keys, provision, release
 from .firmware import write_image
 from .server.app import ServerHandle, start_server
 from .server.store import add_device, reports
@@ -53,7 +53,8 @@ def _settled(board: SimBoard, records: list[BootRecord]) -> str:
     return f"{records[-1].slot} v{records[-1].version}, otadata {states}"
 
 
-def _new_board(work: Path, server: ServerHandle, pair: keys.KeyPair, v1: Path) -> SimBoard:
+def _new_board(work: Path, server: ServerHandle, pair: keys.KeyPair, enc: keys.KeyPair,
+               v1: Path) -> SimBoard:
     token = add_device(server.data, DEVICE, board="esp32-generic-4mb")
     board = SimBoard.create(BOARD, v1, work / "board.flash")
     config: dict[str, Any] = {
@@ -64,6 +65,8 @@ def _new_board(work: Path, server: ServerHandle, pair: keys.KeyPair, v1: Path) -
     }
     board.install_agent(config, {"mpota-ca.der": server.ca_der.read_bytes(),
                                  "signing.pub.pem": pair.public.read_bytes()})
+    kid = provision.install_fleet_key(board.exec, enc.private)
+    _say(f"    decryption key {kid} installed in the board's NVS (never in a release or log)")
     return board
 
 
@@ -73,10 +76,13 @@ def run(work: Path = WORK) -> tuple[list[Step], list[dict[str, Any]]]:
     work.mkdir(parents=True)
     steps: list[Step] = []
 
-    _say("== 1. Create the signing key and three 1.5 MB firmware images")
+    _say("== 1. Create the signing and encryption keys and three 1.5 MB firmware images")
     pair = keys.generate(work / "keys")
     key = keys.load_private(pair.private)
+    enc = keys.generate(work / "keys", name="encryption")
+    recipients = [keys.load_public(enc.public)]
     _say(f"    signing key {pair.key_id}: {pair.private} (private), {pair.public} (on devices)")
+    _say(f"    fleet encryption key {enc.key_id}: {enc.private} (goes into devices' NVS)")
     images = {}
     for version, behaviour in (("1.0.0", "healthy"), ("2.0.0", "healthy"),
                                ("3.0.0", "health-fail")):
@@ -90,22 +96,32 @@ def run(work: Path = WORK) -> tuple[list[Step], list[dict[str, Any]]]:
     server = start_server(releases, work / "server", pubkey=pair.public)
     try:
         _say(f"    mpota serve: {server.url}, devices pin {server.ca_der}")
-        board = _new_board(work, server, pair, images["1.0.0"])
+        board = _new_board(work, server, pair, enc, images["1.0.0"])
         _say(f"    board {DEVICE}: {board.flash}, agent installed in /lib/mpota")
         records = _boot(board, 1)
         steps.append(Step("v1 boots; the agent finds no update",
                           "ota_0 v1.0.0, otadata VALID/UNDEFINED", _settled(board, records)))
 
-        _say("\n== 3. Release v2; the agent downloads, verifies, reboots and confirms it")
+        _say("\n== 3. Release v2 (encrypted); the agent downloads and decrypts it, verifies, "
+             "reboots and confirms it")
         release.make_release(images["2.0.0"], releases / "v2", "esp32-generic-4mb", "2.0.0",
-                             200, key, security_counter=1, expires=release.parse_when("30d"))
+                             200, key, security_counter=1, expires=release.parse_when("30d"),
+                             encrypt_for=recipients)
+        check = release.verify_release(releases / "v2", keys.load_public(pair.public),
+                                       decrypt_with=keys.load_private(enc.private))
+        plain = (releases / "v2" / "payload").read_bytes()[:64] == \
+            images["2.0.0"].read_bytes()[:64]
+        steps.append(Step("v2 on the server is ciphertext; the fleet key decrypts it",
+                          "ciphertext, decrypts to the signed hash",
+                          ("plaintext" if plain else "ciphertext")
+                          + (", decrypts to the signed hash" if check.ok else ", BROKEN")))
         records = _boot(board, 3)
         steps.append(Step("v2 installed, passes probation, confirmed",
                           "ota_1 v2.0.0, otadata VALID/VALID", _settled(board, records)))
 
         _say("\n== 4. Release v3, whose Wi-Fi never comes up")
         release.make_release(images["3.0.0"], releases / "v3", "esp32-generic-4mb", "3.0.0",
-                             300, key, security_counter=1)
+                             300, key, security_counter=1, encrypt_for=recipients)
         records = _boot(board, 4)
         steps.append(Step("v3 fails its health check; the bootloader rolls back to v2",
                           "ota_1 v2.0.0, otadata ABORTED/VALID", _settled(board, records)))

@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_agent import SLOT1, WIFI, agent_state, device_id, otadata_states, story
 
 from fleet import Fleet
 from mpota_host import devtls, keys, provision
 from mpota_host.sim.harness import AGENT_MODULES, SimBoard
 from netfaults import FaultProxy, StaticHTTPS
+from test_agent import SLOT1, WIFI, agent_state, device_id, otadata_states, story
 
 
 @pytest.fixture
