@@ -40,7 +40,7 @@ def run_file(name, ns):
     except SystemExit:
         # sys.exit() in boot.py/main.py: a soft reset on the board
         simboard.board().die("soft-reset")
-    except Exception as e:
+    except BaseException as e:
         sys.print_exception(e)
 
 
@@ -95,6 +95,7 @@ def main(hold_heap):
     if len(sys.argv) > 1 and sys.argv[1] == "--status":
         status(board)
         return
+    raw = bool(os.getenv("MPOTA_SIM_RAW"))
     if os.getenv("MPOTA_SIM_SOFT"):
         facts = board.boot_facts()
         print("MPY: soft reboot")
@@ -113,5 +114,10 @@ def main(hold_heap):
     run_file("boot.py", ns)
     if behaviour == "hang":
         freeze()
-    run_file("main.py", ns)
+    if not raw:  # pyexec runs main.py only when the board is in the friendly REPL
+        run_file("main.py", ns)
+    if os.getenv("MPOTA_SIM_SERIAL"):
+        import simrepl
+
+        simrepl.serve(ns, raw)
     board.die("repl")

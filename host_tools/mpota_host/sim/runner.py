@@ -110,11 +110,35 @@ class Run:
     seconds: float
 
 
-def _read_deadline(path: Path) -> int | None:
+def read_deadline(path: Path) -> int | None:
     try:
         return int(json.loads(path.read_text())["deadline_ns"])
     except (OSError, ValueError, KeyError):
         return None  # not armed, or being replaced right now
+
+
+def command(
+    flash: Path,
+    target: str | Path,
+    args: list[str] | None = None,
+    env: dict[str, str] | None = None,
+    heapsize: str = DEFAULT_HEAP,
+    frozen: tuple[str, ...] = (),
+) -> tuple[list[str], dict[str, str]]:
+    """The micropython command line and environment for one process on the board."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    full_env["MPOTA_SIM_FLASH"] = str(flash.resolve())
+    full_env["MICROPYPATH"] = str(compiled_sim())
+    budget = heap_bytes(heapsize)
+    full_env["MPOTA_SIM_HEAP_BUDGET"] = str(budget)
+    full_env["MPOTA_SIM_FROZEN"] = ",".join(frozen)
+    if isinstance(target, Path):
+        target = str(target.resolve())
+    overhead = SIM_HEAP_OVERHEAD + (FROZEN_HEAP_OVERHEAD if frozen else 0)
+    cmd = [micropython_command(), "-X", f"heapsize={budget + overhead}", "-m", "simrun",
+           target, *(args or [])]
+    return cmd, full_env
 
 
 def run(
@@ -141,18 +165,7 @@ def run(
     exit_file = sim_dir / "exit"
     exit_file.unlink(missing_ok=True)
     wdt_file = sim_dir / "wdt"
-    full_env = dict(os.environ)
-    full_env.update(env or {})
-    full_env["MPOTA_SIM_FLASH"] = str(flash.resolve())
-    full_env["MICROPYPATH"] = str(compiled_sim())
-    budget = heap_bytes(heapsize)
-    full_env["MPOTA_SIM_HEAP_BUDGET"] = str(budget)
-    full_env["MPOTA_SIM_FROZEN"] = ",".join(frozen)
-    if isinstance(target, Path):
-        target = str(target.resolve())
-    overhead = SIM_HEAP_OVERHEAD + (FROZEN_HEAP_OVERHEAD if frozen else 0)
-    cmd = [micropython_command(), "-X", f"heapsize={budget + overhead}", "-m", "simrun",
-           target, *(args or [])]
+    cmd, full_env = command(flash, target, args, env, heapsize, frozen)
     start = time.monotonic()
     proc = subprocess.Popen(
         cmd,
@@ -180,7 +193,7 @@ def run(
         proc.stdin.close()
     ended = ""
     while proc.poll() is None:
-        deadline = _read_deadline(wdt_file)
+        deadline = read_deadline(wdt_file)
         if deadline is not None and time.time_ns() > deadline:
             proc.send_signal(signal.SIGKILL)
             ended = "wdt"
