@@ -154,10 +154,25 @@ class Agent:
         """Verify the offer's manifest, download into the next slot and check
         it.  Leaves the agent STAGED (the image is not yet selected for boot:
         apply() does that); raises an OTAError on failure."""
-        if self.st.name in (state.STAGED, state.REBOOTING, state.PROBATION):
-            raise StateError("an update is already %s; apply or wait for it" % self.st.name)
         raw = offer.get("raw_manifest") or binascii.a2b_base64(offer["manifest"])
         sig = offer.get("raw_signature") or binascii.a2b_base64(offer["signature"])
+        target, m, key, written = self.begin(raw, sig, offer["payload_url"])
+        try:
+            self._download(target, m, written, key)
+        except OTAError as e:
+            if not isinstance(e, DownloadError) or e.status is not None:
+                self.fail(e, "download stopped")
+            raise
+        self.staged(m)
+        return m
+
+    def begin(self, raw, sig, source):
+        """Check a release before any byte of it is written: the manifest
+        (signature first) and, if encrypted, the content key.  Records
+        DOWNLOADING; returns (slot, manifest, content key, bytes already
+        written when the same release was interrupted)."""
+        if self.st.name in (state.STAGED, state.REBOOTING, state.PROBATION):
+            raise StateError("an update is already %s; apply or wait for it" % self.st.name)
         target = self.hw.next_slot()
         slot_size = target.ioctl(4, 0) * target.ioctl(5, 0)
         try:
@@ -174,22 +189,27 @@ class Agent:
             "security_counter": m.security_counter, "sha256": m.sha256, "size": m.size,
             "manifest": binascii.b2a_base64(raw).decode().strip(),
             "signature": binascii.b2a_base64(sig).decode().strip(),
-            "url": offer["payload_url"]})
+            "url": source})
         installed = dict(self.st.get("installed", {}))
         installed.pop(self.hw.label(target), None)  # the old contents are going away
         self.st.save(installed=installed)
         self.report("DOWNLOADING", "resuming at %d" % written if written else None,
                     m.version_code)
-        try:
-            self._download(target, m, written, key)
-        except OTAError as e:
-            if not isinstance(e, DownloadError) or e.status is not None:
-                self.fail(e, "download stopped")
-            raise
-        self.st.save(state=state.STAGED, written=m.size, staged_at=time.time())
+        return target, m, key, written
+
+    def writer(self, target, m, written, key):
+        """A SlotWriter for the release, resumed at written."""
+        enc = m.fields.get("encryption")
+        iv = binascii.unhexlify(enc["iv"]) if enc else None
+        writer = SlotWriter(target, m.size, self.buf, key, iv, m.payload_size)
+        if written:
+            writer.resume(written, self.hw.feed)
+        return writer
+
+    def staged(self, m):
+        self.st.save(state=state.STAGED, written=m.payload_size, staged_at=time.time())
         self.report("STAGED", None, m.version_code)
-        print("mpota: %s staged in %s" % (m.version, self.hw.label(target)))
-        return m
+        print("mpota: %s staged in %s" % (m.version, self.st.get("target")["slot"]))
 
     def content_key(self, m):
         """The content key of an encrypted release (None for a plain one)."""
@@ -206,12 +226,7 @@ class Agent:
                             % (", ".join(r["key_id"] for r in enc["recipients"]), kid))
 
     def _download(self, target, m, written, key):
-        buf = self.buf
-        enc = m.fields.get("encryption")
-        iv = binascii.unhexlify(enc["iv"]) if enc else None
-        writer = SlotWriter(target, m.size, buf, key, iv, m.payload_size)
-        if written:
-            writer.resume(written, self.hw.feed)
+        writer = self.writer(target, m, written, key)
 
         shown = [written * 10 // m.payload_size]
 

@@ -40,8 +40,17 @@ class ImageFacts:
         return CHIP_NAMES.get(self.chip_id, f"chip id {self.chip_id}")
 
 
-def _full_flash_offset(head: bytes) -> int | None:
-    """Where a merged full-flash image expects to be written, if it is one."""
+def full_flash_offset(head: bytes) -> int | None:
+    """Where a merged full-flash image expects to be written, if ``head`` starts one.
+
+    Args:
+        head: The first bytes of the file (0x9000 are enough).
+
+    Returns:
+        0x1000 for an ESP32 image with its bootloader first (the partition table
+        magic 0xAA50 at file offset 0x7000), 0x0 for an image merged from the
+        start of flash (magic at 0x8000), None for anything else.
+    """
     for base in (0x1000, 0x0):  # ESP32 bootloader at 0x1000; merged-from-0 images
         pos = 0x8000 - base
         if head[pos : pos + 2] == _TABLE_MAGIC:
@@ -60,7 +69,7 @@ def inspect_image(path: Path) -> ImageFacts:
         raise FirmwareError(
             f"{path} is not an ESP32 app image: first byte is {first}, expected 0xe9"
         )
-    base = _full_flash_offset(data[:0x9000])
+    base = full_flash_offset(data[:0x9000])
     if base is not None:
         raise FirmwareError(
             f"{path} is a full-flash image (bootloader + partition table + app, written at "

@@ -18,6 +18,7 @@ from . import board as boards
 from .appimage import inspect_image
 from .errors import MpotaError, ReleaseError
 from .firmware import BEHAVIOURS, DEFAULT_SIZE, write_image
+from .flashing import DEFAULT_BAUD, flash_firmware
 from .server.commands import device_group, reports_cmd, serve_cmd
 from .sim.harness import CAUSE_NAMES, BootRecord, SimBoard
 
@@ -182,6 +183,25 @@ def _inspect_image(path: Path) -> dict[str, object]:
     if facts.sim is not None:
         info["simulated_behaviour"] = facts.sim.behaviour
     return info
+
+
+@cli.command("flash")
+@click.argument("firmware", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--port", required=True,
+              help="The board's serial port (/dev/ttyUSB0, COM3) or a pyserial URL.")
+@click.option("--board", "board_name", required=True, help="Board name or directory.")
+@click.option("--baud", type=click.IntRange(9600, 4_000_000), default=DEFAULT_BAUD,
+              show_default=True, help="Baud rate for writing (first contact is at 115200).")
+def flash_cmd(firmware: Path, port: str, board_name: str, baud: int) -> None:
+    """Flash FIRMWARE over USB: a full OTA image at 0x1000, or an app-only image into ota_0.
+
+    Checks the image against the board before touching the port, always erases
+    otadata (the board boots ota_0), and ends with what was written where.
+    """
+    report = flash_firmware(port, board_name, firmware, baud)
+    click.echo()
+    for line in report.summary():
+        click.echo(line)
 
 
 @cli.group()

@@ -49,3 +49,7 @@ class ServerError(MpotaError):
 
 class DeviceError(MpotaError):
     """A device id or tag is malformed, already registered, or not registered."""
+
+
+class FlashError(MpotaError):
+    """Flashing over USB failed: no port or bootloader, the wrong chip, too little flash."""
