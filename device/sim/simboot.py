@@ -111,6 +111,10 @@ def main(hold_heap):
     sys.path[:] = ["", "lib"] + sys.path
     hold_heap()
     ns = {"__name__": "__main__"}
+    if os.getenv("MPOTA_SIM_SERIAL"):
+        # from here on Ctrl-C interrupts Python code (the bootloader cannot be)
+        with open(board.sim_dir + "/serial-ready", "w") as f:
+            f.write("1")
     run_file("boot.py", ns)
     if behaviour == "hang":
         freeze()

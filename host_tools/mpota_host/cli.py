@@ -21,6 +21,13 @@ from .firmware import BEHAVIOURS, DEFAULT_SIZE, write_image
 from .flashing import DEFAULT_BAUD, flash_firmware
 from .server.commands import device_group, reports_cmd, serve_cmd
 from .sim.harness import CAUSE_NAMES, BootRecord, SimBoard
+from .technician_cli import (
+    provision_cmd,
+    push_cmd,
+    sim_serial_cmd,
+    status_cmd,
+    trigger_cmd,
+)
 
 
 def _size(text: str) -> int:
@@ -326,6 +333,9 @@ def sim_counters(flash: Path, clear: bool) -> None:
 cli.add_command(serve_cmd)
 cli.add_command(device_group)
 cli.add_command(reports_cmd)
+for _command in (status_cmd, provision_cmd, trigger_cmd, push_cmd):
+    cli.add_command(_command)
+sim.add_command(sim_serial_cmd)
 
 
 def main() -> None:

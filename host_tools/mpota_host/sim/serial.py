@@ -12,9 +12,12 @@ pull the cable out and plug it back in.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import select
 import signal
+import struct
 import subprocess
 import threading
 import time
@@ -27,6 +30,35 @@ from . import runner
 from .harness import _ENDINGS, HARD_RESET, PWRON_RESET, SOFT_RESET, SimBoard
 
 _CTRL_C = 0x03
+_TIOCSPTLCK = 0x40045431  # Linux ioctls for unlockpt / ptsname
+_TIOCGPTN = 0x80045430
+
+
+def _open_pty() -> tuple[int, int]:
+    """A pty pair opened with O_NOCTTY: os.openpty() may make the slave the
+    controlling terminal of this process, and closing it would then SIGHUP us."""
+    master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY)
+    try:
+        fcntl.ioctl(master, _TIOCSPTLCK, struct.pack("i", 0))  # unlockpt
+        number = struct.unpack("I", fcntl.ioctl(master, _TIOCGPTN, b"\0" * 4))[0]
+        slave = os.open(f"/dev/pts/{number}", os.O_RDWR | os.O_NOCTTY)
+    except OSError:
+        os.close(master)
+        raise
+    return master, slave
+
+
+def _catches_sigint(pid: int) -> bool:
+    """Whether the process has a SIGINT handler (MicroPython installs one while it
+    runs Python code; before that SIGINT would kill it)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("SigCgt:"):
+                    return bool(int(line.split()[1], 16) & (1 << (signal.SIGINT - 1)))
+    except OSError:
+        pass  # the process is gone
+    return False
 
 
 class SerialBoard:
@@ -56,7 +88,7 @@ class SerialBoard:
     # the cable
 
     def _plug(self) -> None:
-        master, slave = os.openpty()
+        master, slave = _open_pty()
         tty.setraw(slave)
         self._master, self._slave = master, slave  # we keep the slave open: no EIO
         self.port = os.ttyname(slave)
@@ -98,6 +130,7 @@ class SerialBoard:
         if raw:
             env["MPOTA_SIM_RAW"] = "1"
         (self.board.sim_dir / "exit").unlink(missing_ok=True)
+        (self.board.sim_dir / "serial-ready").unlink(missing_ok=True)
         cmd, full_env = runner.command(self.board.flash, "simboot", env=env,
                                        heapsize=self.heapsize, frozen=self.frozen)
         return subprocess.Popen(cmd, cwd=self.board.fs, env=full_env, stdin=subprocess.PIPE,
@@ -201,6 +234,13 @@ class SerialBoard:
             proc = self._proc
         if proc is None or proc.poll() is not None or proc.stdin is None:
             return  # the board is rebooting: bytes on the wire are lost
+        ready = (self.board.sim_dir / "serial-ready").exists()
+        if not ready or not _catches_sigint(proc.pid):
+            # still booting: Ctrl-C cannot interrupt the bootloader, and the REPL
+            # reads the byte itself later
+            with contextlib.suppress(OSError):  # it may just have died: a reset
+                proc.stdin.write(data)
+            return
         parts = data.split(bytes([_CTRL_C]))
         for i, part in enumerate(parts):
             if part:
