@@ -217,3 +217,12 @@ def test_library_errors_are_typed(tmp_path: Path) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     with pytest.raises(FirmwareError, match="cannot read firmware"):
         release.make_release(tmp_path, tmp_path / "r", "esp32-generic-4mb", "1", 1, key)
+
+
+def test_mip_package_lists_every_agent_module() -> None:
+    from helpers import REPO
+
+    package = json.loads((REPO / "device" / "mpota" / "package.json").read_text())
+    listed = {source for _, source in package["urls"]}
+    assert listed == {p.name for p in (REPO / "device" / "mpota").glob("*.py")}
+    assert all(dest == f"mpota/{src}" for dest, src in package["urls"])
