@@ -4,6 +4,7 @@ thin wrappers over :mod:`mpota_host.technician`."""
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -78,6 +79,8 @@ def provision_cmd(port: str, baud: int, config_path: Path, hooks: bool) -> None:
                                     "server's offer.")
 def trigger_cmd(port: str, baud: int, release_url: str | None) -> None:
     """Start an update on the board and stream its progress (Ctrl-C cancels cleanly)."""
+    # Ctrl-C must reach us even when started from a shell that ignores SIGINT
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     with technician.connect(port, baud) as link:
         result = technician.trigger_update(link, release_url, click.echo)
     click.echo(f"result: {result}")

@@ -48,6 +48,7 @@ def serial(request: pytest.FixtureRequest) -> Iterator[list[SerialBoard]]:
 def on_serial(serial: list[SerialBoard], board: SimBoard, baud: int | None = None) -> SerialBoard:
     s = SerialBoard(board, baud=baud)
     serial.append(s)
+    s.wait_for_repl()
     return s
 
 
@@ -131,7 +132,8 @@ def test_ctrl_c_during_trigger_leaves_the_board_on_its_image(fleet: Fleet, seria
                              config=WIFI | {"download": {"stall_s": 30}})
         s = on_serial(serial, board)
         proc = subprocess.Popen([tool("mpota"), "trigger", "--port", s.port],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
         lines: list[str] = []
 
         def read() -> None:

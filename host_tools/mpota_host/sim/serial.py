@@ -73,6 +73,7 @@ class SerialBoard:
         self.frozen = frozen
         self.log = log
         self.boots: list[str] = []  # how each board process ended
+        self.at_prompt = threading.Event()  # the REPL of the current boot is up
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
         self._stop = threading.Event()
@@ -131,6 +132,7 @@ class SerialBoard:
             env["MPOTA_SIM_RAW"] = "1"
         (self.board.sim_dir / "exit").unlink(missing_ok=True)
         (self.board.sim_dir / "serial-ready").unlink(missing_ok=True)
+        self.at_prompt.clear()
         cmd, full_env = runner.command(self.board.flash, "simboot", env=env,
                                        heapsize=self.heapsize, frozen=self.frozen)
         return subprocess.Popen(cmd, cwd=self.board.fs, env=full_env, stdin=subprocess.PIPE,
@@ -192,6 +194,8 @@ class SerialBoard:
                     cooked += b"\r"
                 cooked.append(byte)
                 previous = bytes([byte])
+            if b">>> " in cooked or b"raw REPL" in cooked:
+                self.at_prompt.set()
             self._write_host(bytes(cooked))
 
     def _write_host(self, data: bytes) -> None:
@@ -250,6 +254,12 @@ class SerialBoard:
                     return
             if i < len(parts) - 1:
                 proc.send_signal(signal.SIGINT)  # the UART's interrupt character
+
+    def wait_for_repl(self, timeout: float = 30) -> None:
+        """Wait until the board has booted to its REPL (as a technician waits after
+        plugging a board in)."""
+        if not self.at_prompt.wait(timeout):
+            raise SimulatorError(f"the board did not reach its REPL in {timeout:.0f} s")
 
     def stop(self) -> None:
         self._stop.set()
