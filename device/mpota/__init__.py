@@ -97,7 +97,9 @@ def update(url_or_release=None):
                 print("mpota: up to date")
                 return {"result": "UP_TO_DATE"}
         elif isinstance(offer, str):
-            offer = a.offer_from_url(offer)
+            from mpota import repl
+
+            offer = repl.offer_from_url(a, offer)
         return a.run_update(offer)
 
     return _guard(run, get_agent())

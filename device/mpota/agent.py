@@ -14,7 +14,6 @@ from mpota import fetch, manifest, state
 from mpota.errors import (
     BusyError,
     DecryptionError,
-    NotARecipient,
     DownloadError,
     ManifestError,
     OTAError,
@@ -136,18 +135,6 @@ class Agent:
                 raise DownloadError("the update offer lacks %r" % name)
         return offer
 
-    def offer_from_url(self, base):
-        """An offer for a release directory served at base (manifest.json,
-        manifest.sig, payload), e.g. a CDN or a technician's laptop."""
-        base = base.rstrip("/") + "/"
-        c = self.client()
-        parts = []
-        for name, limit in (("manifest.json", manifest.MAX_MANIFEST), ("manifest.sig", 64)):
-            r = c.expect(c.request("GET", base + name), 200)
-            parts.append(r.read_all(limit))
-        return {"update": True, "raw_manifest": parts[0], "raw_signature": parts[1],
-                "payload_url": base + "payload"}
-
     # installing
 
     def install(self, offer):
@@ -216,14 +203,9 @@ class Agent:
         enc = m.fields.get("encryption")
         if enc is None:
             return None
-        from mpota import ecies, enckey
+        from mpota import ecies
 
-        d, public, kid = enckey.load(self.hw.nvs())
-        for recipient in enc["recipients"]:
-            if recipient["key_id"] == kid:
-                return ecies.unwrap(d, public, recipient)
-        raise NotARecipient("the release is encrypted for key(s) %s; this device's key is %s"
-                            % (", ".join(r["key_id"] for r in enc["recipients"]), kid))
+        return ecies.content_key(enc, self.hw.nvs())
 
     def _download(self, target, m, written, key):
         writer = self.writer(target, m, written, key)
@@ -259,26 +241,11 @@ class Agent:
 
     def may_reboot(self):
         """None when a reboot is allowed now, else the reason it is not."""
-        if self.busy is not None and self.busy():
-            return "the application is busy"
-        policy = self.cfg["policy"]
-        staged_at = self.st.get("staged_at")
-        if policy["reboot_delay_s"] and staged_at is not None:
-            wait = staged_at + policy["reboot_delay_s"] - time.time()
-            if wait > 0:
-                return "reboot deferred for %d s" % wait
-        window = policy["window"]
-        if window is not None:
-            now = self.now()
-            if now is None:
-                return "outside the maintenance window (no trusted clock to check it)"
-            t = time.gmtime(int(now))
-            minute = t[3] * 60 + t[4]
-            start, end = window
-            inside = start <= minute < end if start <= end else minute >= start or minute < end
-            if not inside:
-                return "outside the maintenance window"
-        return None
+        from mpota.policy import reason_not_to_reboot
+
+        busy = self.busy is not None and self.busy()
+        return reason_not_to_reboot(self.cfg["policy"], busy, self.st.get("staged_at"),
+                                    time.time(), self.now())
 
     def apply(self, force=False):
         """Reboot into the staged image when the policy allows it."""

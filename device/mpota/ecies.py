@@ -9,7 +9,7 @@ import hashlib
 import cryptolib
 
 from mpota import p256
-from mpota.errors import KeyUnwrapError
+from mpota.errors import KeyUnwrapError, NotARecipient
 
 INFO = b"mpota-ecies-p256-hkdf-sha256-aeskw-v1"
 _A6 = b"\xa6" * 8
@@ -86,3 +86,15 @@ def unwrap(d, public, recipient):
                              "the wrapped key was altered or made for another key"
                              % recipient["key_id"])
     return key
+
+
+def content_key(enc, nvs):
+    """The content key of a manifest's encryption header for this device."""
+    from mpota import enckey
+
+    d, public, kid = enckey.load(nvs)
+    for recipient in enc["recipients"]:
+        if recipient["key_id"] == kid:
+            return unwrap(d, public, recipient)
+    raise NotARecipient("the release is encrypted for key(s) %s; this device's key is %s"
+                        % (", ".join(r["key_id"] for r in enc["recipients"]), kid))

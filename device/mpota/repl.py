@@ -73,3 +73,18 @@ def rollback(agent):
     print("mpota: rebooting into %s" % agent.hw.label(other))
     agent.hw.reset()
     return "REBOOTING"
+
+
+def offer_from_url(agent, base):
+    """An offer for a release directory served at base (manifest.json,
+    manifest.sig, payload), e.g. a CDN or a technician's laptop."""
+    from mpota.manifest import MAX_MANIFEST
+
+    base = base.rstrip("/") + "/"
+    c = agent.client()
+    parts = []
+    for name, limit in (("manifest.json", MAX_MANIFEST), ("manifest.sig", 64)):
+        r = c.expect(c.request("GET", base + name), 200)
+        parts.append(r.read_all(limit))
+    return {"update": True, "raw_manifest": parts[0], "raw_signature": parts[1],
+            "payload_url": base + "payload"}

@@ -1,0 +1,48 @@
+"""The reboot policy (pure, on the unix port): busy, deferred reboot, maintenance window."""
+
+from __future__ import annotations
+
+import calendar
+import time
+
+from helpers import unix_results
+
+NOON = calendar.timegm(time.strptime("2026-11-21T12:00:00Z", "%Y-%m-%dT%H:%M:%SZ"))
+THREE = NOON + 15 * 3600  # 03:00 the next day
+
+
+def decide(policy: dict, busy: bool, staged_at: float | None, now: float,
+           trusted: float | None) -> str | None:
+    (out,) = unix_results(f"""
+from mpota.policy import reason_not_to_reboot
+result(reason_not_to_reboot({policy!r}, {busy!r}, {staged_at!r}, {now!r}, {trusted!r}))
+""")
+    return out
+
+
+def policy(window: tuple[int, int] | None = None, delay: int = 0) -> dict:
+    return {"window": list(window) if window else None, "reboot_delay_s": delay}
+
+
+def test_busy_always_wins() -> None:
+    assert decide(policy(), True, None, NOON, NOON) == "the application is busy"
+    assert decide(policy(), False, None, NOON, NOON) is None
+
+
+def test_deferred_reboot() -> None:
+    assert decide(policy(delay=600), False, NOON, NOON + 60, None) == \
+        "reboot deferred for 540 s"
+    assert decide(policy(delay=600), False, NOON, NOON + 601, None) is None
+
+
+def test_maintenance_window_needs_a_trusted_clock() -> None:
+    window = (2 * 60, 4 * 60)  # 02:00-04:00 UTC
+    assert decide(policy(window), False, None, THREE, THREE) is None
+    assert decide(policy(window), False, None, NOON, NOON) == "outside the maintenance window"
+    assert "no trusted clock" in decide(policy(window), False, None, THREE, None)
+
+
+def test_window_across_midnight() -> None:
+    window = (23 * 60, 1 * 60)
+    assert decide(policy(window), False, None, NOON + 11.5 * 3600, NOON + 11.5 * 3600) is None
+    assert decide(policy(window), False, None, NOON, NOON) == "outside the maintenance window"
