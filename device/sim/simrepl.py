@@ -150,4 +150,9 @@ def friendly_repl(ns):
 def serve(ns, raw=False):
     mode = "raw" if raw else "friendly"
     while True:
-        mode = raw_repl(ns) if mode == "raw" else friendly_repl(ns)
+        try:
+            mode = raw_repl(ns) if mode == "raw" else friendly_repl(ns)
+        except KeyboardInterrupt:
+            # Ctrl-C while the REPL itself was busy (printing a prompt): on a
+            # board the UART interrupt only clears the line; start the mode again
+            continue
