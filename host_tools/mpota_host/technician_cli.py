@@ -113,12 +113,18 @@ def push_cmd(port: str, baud: int, reldir: Path, no_apply: bool) -> None:
                if not no_apply else "staged: run mpota.apply() on the board to switch")
 
 
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 @click.command("serial")
 @click.option("--flash", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               required=True)
 @_baud
 def sim_serial_cmd(flash: Path, baud: int) -> None:
     """Put a simulated board on a pseudo-terminal (use the printed port with mpota or mpremote)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     with SerialBoard(SimBoard(flash), baud=baud, log=click.echo) as serial:
         click.echo(f"simulated board on {serial.port} at {baud} baud; Ctrl-C to stop")
         try:

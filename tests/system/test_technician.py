@@ -221,8 +221,8 @@ def test_sim_serial_command(fleet: Fleet) -> None:
         port = line.split(" on ")[1].split(" at ")[0]
         assert status(port)["running"] == "ota_0"
     finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(10)
+        proc.terminate()
+        assert proc.wait(10) == 0
 
 
 def test_no_board_on_the_port() -> None:
