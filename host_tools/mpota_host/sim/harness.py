@@ -42,7 +42,7 @@ PWRON_RESET, HARD_RESET, WDT_RESET, DEEPSLEEP_RESET, SOFT_RESET = 1, 2, 3, 4, 5
 CAUSE_NAMES = {1: "PWRON", 2: "HARD", 3: "WDT", 4: "DEEPSLEEP", 5: "SOFT"}
 
 # How a boot ended -> (next reset cause, does the board go on booting)
-_ENDINGS: dict[str, tuple[int, bool]] = {
+ENDINGS: dict[str, tuple[int, bool]] = {
     "reset": (HARD_RESET, True),  # machine.reset(): esp_restart -> ESP_RST_SW
     "panic": (HARD_RESET, True),  # Guru Meditation -> ESP_RST_PANIC
     "wdt": (WDT_RESET, True),
@@ -258,7 +258,7 @@ class SimBoard:
             records.append(record)
             if on_boot is not None:
                 on_boot(record)
-            ending = _ENDINGS.get(record.kind)
+            ending = ENDINGS.get(record.kind)
             if ending is None:
                 raise SimulatorError(
                     f"boot {number} ended unexpectedly ({result.ended}):\n{result.output[-2000:]}"

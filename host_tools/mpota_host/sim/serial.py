@@ -23,11 +23,10 @@ import threading
 import time
 import tty
 from collections.abc import Callable
-from pathlib import Path
 
 from ..errors import SimulatorError
 from . import runner
-from .harness import _ENDINGS, HARD_RESET, PWRON_RESET, SOFT_RESET, SimBoard
+from .harness import ENDINGS, HARD_RESET, PWRON_RESET, SOFT_RESET, SimBoard
 
 _CTRL_C = 0x03
 _TIOCSPTLCK = 0x40045431  # Linux ioctls for unlockpt / ptsname
@@ -154,7 +153,7 @@ class SerialBoard:
             if self._stop.is_set() or ended in ("serial-closed", "no-app", "repl"):
                 return
             kind = ended.split(" ")[0]
-            cause, _ = _ENDINGS.get(kind, (HARD_RESET, True))
+            cause, _ = ENDINGS.get(kind, (HARD_RESET, True))
             soft = kind == "soft-reset"
             raw = soft and ended.endswith("raw")
             if soft:
@@ -284,7 +283,3 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
         if time.monotonic() > end:
             raise SimulatorError(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(0.05)
-
-
-def port_path(board: SerialBoard) -> Path:
-    return Path(board.port)
