@@ -20,6 +20,14 @@ BOARD_4MB = REPO / "boards" / "esp32-generic-4mb"
 BOARD_8MB = REPO / "boards" / "esp32-generic-8mb"
 
 
+def wycheproof(name: str) -> Path:
+    """A Wycheproof vector file from the team's shared/ directory, which sits beside
+    the repository (CI clones it there too)."""
+    path = REPO.parent / "shared" / "vectors" / "wycheproof" / name
+    assert path.is_file(), f"Wycheproof vectors missing: expected {path} (shared/ beside the repo)"
+    return path
+
+
 def run_device(board: SimBoard, code: str, heapsize: str = "2M", timeout: float = 30.0) -> Run:
     """Run a MicroPython snippet on the board as the running firmware."""
     script = board.sim_dir / f"snippet{next(_snippets)}.py"

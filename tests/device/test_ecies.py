@@ -6,17 +6,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from pathlib import Path
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.keywrap import aes_key_wrap
 
-from helpers import unix_results
+from helpers import unix_results, wycheproof
 
-VECTORS = Path(__file__).resolve().parents[3] / "shared" / "vectors" / "wycheproof"
-ECDH = VECTORS / "ecdh_secp256r1_ecpoint_test.json"
-assert ECDH.is_file(), f"Wycheproof vectors missing: expected {ECDH} (shared/ beside the repo)"
+ECDH = wycheproof("ecdh_secp256r1_ecpoint_test.json")
 
 
 def test_every_wycheproof_ecdh_vector_agrees() -> None:

@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-from helpers import run_unix, unix_results
+from helpers import run_unix, unix_results, wycheproof
 
-# The team's shared/ directory sits beside the repository (CI clones it there too).
-VECTORS = Path(__file__).resolve().parents[3] / "shared" / "vectors" / "wycheproof"
-ECDSA = VECTORS / "ecdsa_secp256r1_sha256_p1363_test.json"
-assert ECDSA.is_file(), f"Wycheproof vectors missing: expected {ECDSA} (shared/ beside the repo)"
+ECDSA = wycheproof("ecdsa_secp256r1_sha256_p1363_test.json")
 
 
 def test_every_wycheproof_ecdsa_vector_agrees() -> None:

@@ -226,3 +226,14 @@ def test_mip_package_lists_every_agent_module() -> None:
     listed = {source for _, source in package["urls"]}
     assert listed == {p.name for p in (REPO / "device" / "mpota").glob("*.py")}
     assert all(dest == f"mpota/{src}" for dest, src in package["urls"])
+
+
+def test_host_and_device_agree_on_the_manifest_fields() -> None:
+    # Two runtimes, two copies of the table: this keeps them in step.
+    from helpers import REPO
+
+    source = (REPO / "device" / "mpota" / "manifest.py").read_text()
+    table = source[source.index("_FIELDS = {"):source.index("}\n", source.index("_FIELDS = {")) + 1]
+    device_fields = eval(table.split("=", 1)[1], {"int": int, "str": str, "dict": dict})
+    assert device_fields == release.FIELDS
+    assert f"MAX_MANIFEST = {release.MAX_MANIFEST}" in source
