@@ -21,10 +21,10 @@ BOARD_8MB = REPO / "boards" / "esp32-generic-8mb"
 
 
 def wycheproof(name: str) -> Path:
-    """A Wycheproof vector file from the team's shared/ directory, which sits beside
-    the repository (CI clones it there too)."""
-    path = REPO.parent / "shared" / "vectors" / "wycheproof" / name
-    assert path.is_file(), f"Wycheproof vectors missing: expected {path} (shared/ beside the repo)"
+    """A Wycheproof test-vector file kept in tests/vectors/wycheproof (Apache-2.0,
+    LICENSE beside them)."""
+    path = REPO / "tests" / "vectors" / "wycheproof" / name
+    assert path.is_file(), f"Wycheproof vectors missing: expected {path}"
     return path
 
 
