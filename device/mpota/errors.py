@@ -5,6 +5,9 @@
 
 class OTAError(Exception):
     code = "ota-error"
+    # True when trying the same thing again later may succeed (a dropped or
+    # stalled connection, a 5xx); False for a refusal that will not change.
+    retryable = False
 
 
 class ManifestError(OTAError):
@@ -68,7 +71,9 @@ class ConfigError(OTAError):
 
 
 class DownloadError(OTAError):
-    """The server answered with an HTTP error, or the transfer kept failing."""
+    """A permanent refusal while talking to the server: an HTTP error status,
+    a response the agent does not accept (chunked, compressed, wrong range or
+    size), a redirect it must not follow.  The update ends FAILED."""
 
     code = "download"
 
@@ -78,13 +83,16 @@ class DownloadError(OTAError):
 
 
 class TransportError(DownloadError):
-    """The connection failed, dropped or stalled (retried with backoff)."""
+    """The connection failed, dropped or stalled, or the server had a passing
+    fault (5xx): retried with backoff, and resumed later when retries run out."""
 
     code = "transport"
+    retryable = True
 
 
-class TLSError(TransportError):
-    """The server's certificate is not signed by the pinned CA or names another host."""
+class TLSError(DownloadError):
+    """The server's certificate is not signed by the pinned CA or names another
+    host: permanent, never retried (a handshake cut short is a TransportError)."""
 
     code = "tls"
 
