@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import services
 
 from helpers import BOARD_4MB
 from mpota_host.firmware import write_image
@@ -55,3 +56,12 @@ def booted(new_board: Callable[..., SimBoard]) -> SimBoard:
     records = board.boot(max_boots=1)
     assert records[-1].ended == "repl"
     return board
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """List the services (nginx...) whose tests were skipped because they are missing."""
+    lines = services.summary()
+    if lines:
+        terminalreporter.section("services not installed: their tests were skipped")
+        for line in lines:
+            terminalreporter.write_line(line)
