@@ -13,7 +13,7 @@ _MAX = const(8)
 
 def _der_length(data, at):
     # (header length, body length) of the ASN.1 SEQUENCE at data[at]
-    if data[at] != 0x30 or at + 2 > len(data):
+    if at + 2 > len(data) or data[at] != 0x30:
         raise ValueError("not a DER certificate at byte %d" % at)
     first = data[at + 1]
     if first < 0x80:

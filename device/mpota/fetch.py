@@ -1,19 +1,20 @@
 # Ranged download into a SlotWriter: windows of Range requests on one
 # keep-alive connection, reconnect with exponential backoff and jitter after
 # a drop, resume at the last fully written block, and never accept more
-# bytes than the manifest announced.
+# bytes than the manifest announced.  Only retryable errors (drops, stalls,
+# 5xx) are retried; a permanent refusal propagates at once.
 import gc
 import os
 import time
 
-from mpota.errors import DownloadError, TransportError
+from mpota.errors import DownloadError, OTAError, TransportError
 
 
 def _jitter(limit):
     return int.from_bytes(os.urandom(2), "little") % (limit + 1)
 
 
-def _content_range(text):
+def _content_range(text, r):
     # "bytes 0-65535/1572864" -> (0, 65535, 1572864)
     try:
         unit, spec = text.split(" ", 1)
@@ -23,7 +24,7 @@ def _content_range(text):
             raise ValueError
         return int(first), int(last), int(total)
     except ValueError:
-        raise DownloadError("bad Content-Range %r" % text)
+        raise DownloadError("bad Content-Range %r from %s" % (text[:40], r.url()))
 
 
 def download(client, url, writer, opts, progress=None, sleep_ms=time.sleep_ms, feed=None):
@@ -39,18 +40,20 @@ def download(client, url, writer, opts, progress=None, sleep_ms=time.sleep_ms, f
         try:
             r = client.request("GET", url, {"Range": "bytes=%d-%d" % (start, end)})
             if r.status == 206:
-                first, last, total = _content_range(r.headers.get("content-range", ""))
-                if first != start or total != size or last > end:
-                    client.close()
-                    raise DownloadError("server sent bytes %d-%d/%d for a request of %d-%d/%d"
-                                        % (first, last, total, start, end, size))
+                first, last, total = _content_range(r.headers.get("content-range", ""), r)
                 count = last - first + 1
+                if first != start or total != size or last > end or \
+                        (r.length is not None and r.length != count):
+                    client.close()
+                    raise DownloadError("server sent bytes %d-%d/%d (%s bytes) for a request of "
+                                        "%d-%d/%d (%s)" % (first, last, total, r.length, start,
+                                                           end, size, r.url()))
             elif r.status == 200:
                 # The server ignored Range: the body is the payload from byte 0.
                 if r.length is not None and r.length != size:
                     client.close()
-                    raise DownloadError("server sends %d bytes, the manifest says %d"
-                                        % (r.length, size))
+                    raise DownloadError("server sends %d bytes, the manifest says %d (%s)"
+                                        % (r.length, size, r.url()))
                 writer.skip(r, start)
                 count = size - start
             else:
@@ -65,19 +68,20 @@ def download(client, url, writer, opts, progress=None, sleep_ms=time.sleep_ms, f
                     got += n
                 writer.set_iv(iv)
                 count -= pre
-            writer.pull(r, count)
-            if r.remaining:
-                client.close()  # unread body: the connection cannot be reused
+            writer.pull(r, count)  # an unread rest keeps the client from reusing the connection
             failures = 0
             if progress:
                 progress(writer.committed)
-        except TransportError as e:
+        except OTAError as e:
             client.close()
+            if not e.retryable:
+                raise
             writer.drop_partial()
             failures += 1
             if failures > opts["retries"]:
-                raise DownloadError("download failed %d times in a row, last: %s"
-                                    % (failures, e))
+                # still retryable: the agent resumes the download later
+                raise TransportError("download failed %d times in a row, last: %s"
+                                     % (failures, e))
             delay = min(opts["backoff_ms"] << (failures - 1), opts["backoff_max_ms"])
             delay += _jitter(delay // 2)
             print("mpota: %s; retrying at byte %d in %d ms" % (e, writer.offset, delay))
