@@ -5,13 +5,17 @@
 # stored byte becomes old & new).  Every erase and write is counted per
 # sector in a counters file beside the flash, and the N-th operation can be
 # made to lose power half-way through: the operation is torn and the process
-# dies at once, as a board does when its supply drops.
+# dies at once, as a board does when its supply drops.  Each erase and
+# write is also one of the board's durable operations (simpower), so a cut
+# can be armed by flash index (counters.bin) or by durable index.
 #
 # Counters file layout (little endian u32):
 #   0: magic  4: total ops  8: cut_at (0xFFFFFFFF = never)  12: reserved
 #   16 + 8*sector: erases, writes
 import os
 import struct
+
+import simpower
 
 SECTOR = const(4096)
 _CHUNK = const(4096)  # sim memory is outside the device budget (see simrun)
@@ -53,6 +57,7 @@ class Flash:
         self._ff = b"\xff" * _CHUNK
         self._old = bytearray(_CHUNK)
         self._u32 = bytearray(4)
+        simpower.load(sim_dir)
 
     def _counter(self, pos):
         self._c.seek(pos)
@@ -72,7 +77,8 @@ class Flash:
         for s in range(first, last + 1):
             self._bump(_HDR + 8 * s + 4 * kind)
         total = self._bump(4)
-        return total == self._counter(8)
+        durable = simpower.op(self.sim_dir, "write" if kind else "erase", addr)
+        return total == self._counter(8) or durable
 
     def _check_range(self, addr, length):
         if addr < 0 or length < 0 or addr + length > self.size:
@@ -81,6 +87,8 @@ class Flash:
 
     def read(self, addr, buf):
         self._check_range(addr, len(buf))
+        if simpower.read(addr, len(buf)):
+            die(self.sim_dir, "power-cut read 0x%x" % addr)
         self._f.seek(addr)
         n = self._f.readinto(buf)
         if n != len(buf):

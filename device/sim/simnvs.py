@@ -2,8 +2,14 @@
 # FLASH.sim/nvs.json, replaced atomically on every change (ESP-IDF's NVS is
 # itself power-fail safe: a change is either there or not).  The NVS page
 # format inside the flash's nvs partition is not reproduced.
+#
+# As in ESP-IDF, nvs_set_* writes the key to flash at once (nvs_commit has
+# nothing left to do): each set/erase of a key and each commit is one
+# durable operation (simpower); a cut there loses that change only.
 import simboard
+import simpower
 from simboard import esp_error
+from simflash import die
 
 ESP_ERR_NVS_NOT_FOUND = 0x1102
 ESP_ERR_NVS_TYPE_MISMATCH = 0x1103
@@ -25,6 +31,12 @@ def _path():
     return simboard.board().sim_dir + "/nvs.json"
 
 
+def _durable(kind, detail):
+    sim_dir = simboard.board().sim_dir
+    if simpower.op(sim_dir, kind, detail):
+        die(sim_dir, "power-cut %s %s" % (kind, detail))
+
+
 def _check_key(key):
     if not isinstance(key, str) or not key:
         raise esp_error(ESP_ERR_NVS_INVALID_NAME)
@@ -42,6 +54,7 @@ class NVS:
 
     def _store(self, key, kind, value):
         _check_key(key)
+        _durable("nvs-set", self._ns + "/" + key)
         data = self._load()
         data.setdefault(self._ns, {})[key] = [kind, value]
         simboard.write_json(_path(), data)
@@ -80,8 +93,9 @@ class NVS:
         data = self._load()
         if key not in data.get(self._ns, {}):
             raise esp_error(ESP_ERR_NVS_NOT_FOUND)
+        _durable("nvs-erase", self._ns + "/" + key)
         del data[self._ns][key]
         simboard.write_json(_path(), data)
 
     def commit(self):
-        pass  # every change above is already durable
+        _durable("nvs-commit", self._ns)  # every change above is already durable

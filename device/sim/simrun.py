@@ -8,6 +8,8 @@
 # and cost no GC heap.  Here they are Python, so they are loaded first and,
 # when MPOTA_SIM_HEAP_BUDGET is set, ballast takes the rest of the heap away:
 # device code then finds its budget free, in one piece, as on a fresh board.
+# Before any device code runs, simfs gives the board's filesystem LittleFS's
+# behaviour across power cuts (open() and os are wrapped; see simfs).
 import gc
 import os
 import sys
@@ -16,6 +18,7 @@ import esp32  # noqa: F401  (built into the firmware on a board)
 import machine  # noqa: F401
 import network  # noqa: F401
 import simboard
+import simfs
 
 _ballast = []
 
@@ -74,6 +77,7 @@ def main():
     target = sys.argv[1]
     sys.argv.pop(0)
     board = simboard.board()
+    simfs.install(board.sim_dir)  # LittleFS's power-cut behaviour, before any device code
     if target.endswith(".py"):
         os.chdir(board.sim_dir + "/fs")
         sys.path[:] = ["", "lib"] + sys.path

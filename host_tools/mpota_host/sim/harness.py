@@ -5,6 +5,13 @@ erased, partition table at 0x8000, otadata, slots, NVS) plus a directory
 ``FLASH.sim/`` beside it with what a real board keeps elsewhere: its identity
 (MAC), the device filesystem (``fs/``), NVS values, the flash op counters and
 the facts of the current boot.
+
+Power cuts can be armed by flash operation (erase/write; ``counters.bin``) or
+by *durable operation*: every flash erase/write, every file commit, create,
+rename or remove on the board's filesystem, every NVS set and commit, counted
+by one counter (``durable.bin``; see device/sim/simpower.py, simfs.py and
+simnvs.py for what each leaves behind).  ``cut_power_at(n, ops="durable")``
+and ``trace_ops()`` let a test sweep every one of them.
 """
 
 from __future__ import annotations
@@ -34,8 +41,12 @@ AGENT_MODULES = tuple(
     for p in sorted((runner.DEVICE_DIR / "mpota").glob("*.py"))
 )
 COUNTERS_MAGIC = 0x4D504643
+DURABLE_MAGIC = 0x4D50444F
 NEVER = 0xFFFFFFFF
 _HDR = 16
+CUT_OPS = ("flash", "durable")
+# durable.bin: magic, ops, cut_at, reserved, reads counted, read cut_at, read range
+_DURABLE_FRESH = struct.pack("<8I", DURABLE_MAGIC, 0, NEVER, 0, 0, NEVER, 0, 0)
 
 # machine.reset_cause() values of the esp32 port
 PWRON_RESET, HARD_RESET, WDT_RESET, DEEPSLEEP_RESET, SOFT_RESET = 1, 2, 3, 4, 5
@@ -84,11 +95,13 @@ class BootRecord:
 
 @dataclass
 class Counters:
-    """Flash erases and writes since the board was created (or last cleared)."""
+    """Flash erases and writes since the board was created (or last cleared),
+    and durable operations of every kind (flash, filesystem, NVS)."""
 
     total: int
     erases: list[int]
     writes: list[int]
+    durable: int = 0
 
     def sector(self, addr: int) -> tuple[int, int]:
         i = addr // SECTOR
@@ -154,6 +167,7 @@ class SimBoard:
         sectors = board.flash_size // SECTOR
         header = struct.pack("<IIII", COUNTERS_MAGIC, 0, NEVER, 0)
         (sim_dir / "counters.bin").write_bytes(header + bytes(8 * sectors))
+        (sim_dir / "durable.bin").write_bytes(_DURABLE_FRESH)
         tmp.replace(flash)
         return cls(flash)
 
@@ -163,27 +177,73 @@ class SimBoard:
         raw = (self.sim_dir / "counters.bin").read_bytes()
         _, total, _, _ = struct.unpack_from("<IIII", raw)
         pairs = struct.unpack_from(f"<{(len(raw) - _HDR) // 4}I", raw, _HDR)
-        return Counters(total, list(pairs[0::2]), list(pairs[1::2]))
+        return Counters(total, list(pairs[0::2]), list(pairs[1::2]), self._durable()[0])
+
+    def _durable(self) -> tuple[int, int]:
+        """(durable operations so far, armed cut) from durable.bin."""
+        path = self.sim_dir / "durable.bin"
+        if not path.exists():  # a board made before durable operations were counted
+            path.write_bytes(_DURABLE_FRESH)
+        _, total, cut, _ = struct.unpack("<IIII", path.read_bytes()[:16])
+        return total, cut
 
     def clear_counters(self) -> None:
         raw = bytearray((self.sim_dir / "counters.bin").read_bytes())
         struct.pack_into("<II", raw, 4, 0, NEVER)
         raw[_HDR:] = bytes(len(raw) - _HDR)
         (self.sim_dir / "counters.bin").write_bytes(raw)
+        (self.sim_dir / "durable.bin").write_bytes(_DURABLE_FRESH)
+        if (self.sim_dir / "ops.log").exists():
+            (self.sim_dir / "ops.log").write_text("")
 
-    def _set_cut(self, absolute: int) -> None:
-        with (self.sim_dir / "counters.bin").open("r+b") as f:
-            f.seek(8)
+    def _set_cut(self, name: str, absolute: int, offset: int = 8) -> None:
+        self._durable()  # creates durable.bin on an old board
+        with (self.sim_dir / name).open("r+b") as f:
+            f.seek(offset)
             f.write(struct.pack("<I", absolute))
 
-    def cut_power_at(self, n: int | None) -> None:
-        """Lose power during the n-th flash erase or write from now (1-based)."""
+    def cut_power_at_read(self, n: int, addr: int, size: int) -> None:
+        """Lose power during the n-th flash read (1-based, from now) that touches
+        ``addr``..``addr + size``, e.g. inside a slot's read-back check.
+        ``cut_power_at(None)`` disarms it."""
+        if n < 1:
+            raise SimulatorError(f"power cut index must be 1 or more, not {n}")
+        self._durable()
+        with (self.sim_dir / "durable.bin").open("r+b") as f:
+            f.seek(16)
+            f.write(struct.pack("<4I", 0, n, addr, addr + size))
+
+    def cut_power_at(self, n: int | None, ops: str = "flash") -> None:
+        """Lose power during the n-th operation from now (1-based): the n-th
+        flash erase or write (``ops="flash"``), or the n-th durable operation
+        of any kind (``ops="durable"``).  ``None`` disarms both."""
+        if ops not in CUT_OPS:
+            raise SimulatorError(f"power cut ops must be one of {', '.join(CUT_OPS)}, not {ops!r}")
         if n is None:
-            self._set_cut(NEVER)
+            self._set_cut("counters.bin", NEVER)
+            self._set_cut("durable.bin", NEVER)
+            self._set_cut("durable.bin", NEVER, offset=20)
+            return
+        if n < 1:
+            raise SimulatorError(f"power cut index must be 1 or more, not {n}")
+        if ops == "flash":
+            self._set_cut("counters.bin", self.counters().total + n)
         else:
-            if n < 1:
-                raise SimulatorError(f"power cut index must be 1 or more, not {n}")
-            self._set_cut(self.counters().total + n)
+            self._set_cut("durable.bin", self._durable()[0] + n)
+
+    def trace_ops(self, on: bool = True) -> None:
+        """Record every durable operation from now on (see :meth:`ops`)."""
+        path = self.sim_dir / "ops.log"
+        if on:
+            path.write_text("")
+        else:
+            path.unlink(missing_ok=True)
+
+    def ops(self) -> list[str]:
+        """The durable operations traced so far, as "N kind detail" lines
+        (N counts from the last :meth:`clear_counters`)."""
+        path = self.sim_dir / "ops.log"
+        return path.read_text().splitlines() if path.exists() else []
 
     # running
 
@@ -209,16 +269,18 @@ class SimBoard:
         echo: Callable[[str], None] | None = None,
         on_boot: Callable[[BootRecord], None] | None = None,
         frozen: tuple[str, ...] = (),
+        cut_ops: str = "flash",
     ) -> list[BootRecord]:
         """Power the board on and follow its resets until it settles or max_boots.
 
         Settled means: main.py returned to the REPL, the program was still
         running after ``timeout`` seconds, or no app could be booted.
-        ``cut_at`` loses power during that flash operation of this call; without
-        it, a cut armed earlier with :meth:`cut_power_at` stays armed.
+        ``cut_at`` loses power during that flash operation of this call (that
+        durable operation with ``cut_ops="durable"``); without it, a cut armed
+        earlier with :meth:`cut_power_at` stays armed.
         """
         if cut_at is not None:
-            self.cut_power_at(cut_at)
+            self.cut_power_at(cut_at, cut_ops)
         try:
             return self._boot_loop(max_boots, timeout, heapsize, echo, on_boot, frozen)
         finally:
