@@ -46,10 +46,12 @@ def _free_port() -> int:
 
 
 class Nginx:
-    """nginx serving ``root`` over TLS (``cert``/``key``) on one port per site."""
+    """nginx serving ``root`` over TLS (``cert``/``key``, or a site's own from
+    ``certs``) on one port per site."""
 
     def __init__(self, workdir: Path, root: Path, cert: Path, key: Path,
-                 sites: dict[str, str], http: str = "") -> None:
+                 sites: dict[str, str], http: str = "",
+                 certs: dict[str, tuple[Path, Path]] | None = None) -> None:
         self.binary = require_service("nginx")
         self.workdir = workdir
         self.root = root
@@ -57,6 +59,7 @@ class Nginx:
         self.key = key
         self.sites = sites
         self.http = http
+        self.certs = certs or {}  # site -> (certificate, key) instead of cert/key
         self.ports: dict[str, int] = {}
         self.proc: subprocess.Popen[bytes] | None = None
         workdir.mkdir(parents=True, exist_ok=True)
@@ -83,12 +86,13 @@ class Nginx:
         servers = []
         for name, directives in self.sites.items():
             body = _PORT.sub(port, directives)
+            cert, key = self.certs.get(name, (self.cert, self.key))
             servers.append(f"""
     server {{
         listen 127.0.0.1:{self.ports[name]} ssl;
         server_name {name};
-        ssl_certificate {self.cert};
-        ssl_certificate_key {self.key};
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
         root {self.root};
         {body}
     }}""")
