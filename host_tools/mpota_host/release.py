@@ -12,6 +12,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -31,26 +32,36 @@ MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
 PAYLOAD = "payload"
 _STAMP = "%Y-%m-%dT%H:%M:%SZ"
+_BOARD_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}")
 
-# name: (type, required, limit) -- the device enforces the same table
-FIELDS: dict[str, tuple[type, bool, int]] = {
-    "format": (int, True, 255),
-    "board": (str, True, 32),
-    "chip_id": (int, True, 0xFFFF),
-    "version": (str, True, 31),
-    "version_code": (int, True, 0x7FFFFFFF),
-    "security_counter": (int, True, 0x7FFFFFFF),
-    "size": (int, True, 0x7FFFFFFF),
-    "sha256": (str, True, 64),
-    "payload_size": (int, True, 0x7FFFFFFF),
-    "payload_sha256": (str, True, 64),
-    "created": (str, True, 20),
-    "expires": (str, False, 20),
-    "key_id": (str, True, 16),
-    "encryption": (dict, False, 0),
-    "min_version_code": (int, False, 0x7FFFFFFF),
-    "notes": (str, False, 1024),
+# name: (type, required, low, high): the value's range for an int, its length
+# for a str. The device's manifest._FIELDS is the same table (a test keeps them equal).
+FIELDS: dict[str, tuple[type, bool, int, int]] = {
+    "format": (int, True, 0, 255),
+    "board": (str, True, 1, 32),
+    "chip_id": (int, True, 0, 0xFFFF),
+    "version": (str, True, 1, 31),
+    "version_code": (int, True, 0, 0x7FFFFFFF),
+    "security_counter": (int, True, 0, 0x7FFFFFFF),
+    "size": (int, True, 1, 0x7FFFFFFF),
+    "sha256": (str, True, 1, 64),
+    "payload_size": (int, True, 1, 0x7FFFFFFF),
+    "payload_sha256": (str, True, 1, 64),
+    "created": (str, True, 1, 20),
+    "expires": (str, False, 1, 20),
+    "key_id": (str, True, 1, 16),
+    "encryption": (dict, False, 0, 0),
+    "min_version_code": (int, False, 0, 0x7FFFFFFF),
+    "notes": (str, False, 1, 1024),
 }
+# Containers nested deeper than this are refused, as on the device.
+MAX_DEPTH = 8
+_STAMP_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_PRINTABLE = frozenset(range(0x20, 0x7F)) | {0x09, 0x0A, 0x0D}
+ALG = "aes-256-cbc"
+KDF = "ecies-p256-hkdf-sha256-aeskw"
+_RECIPIENT_HEX = (("key_id", 16), ("epk", 130), ("wrapped_key", 80))
 
 
 def stamp(when: dt.datetime) -> str:
@@ -70,6 +81,72 @@ def parse_when(text: str) -> dt.datetime:
         except ValueError:
             continue
     raise ReleaseError(f"date {text!r} is not YYYY-MM-DD, YYYY-MM-DDTHH:MM:SSZ, Nd or Nh")
+
+
+def parse_stamp(text: str) -> dt.datetime:
+    """A manifest date: exactly 'YYYY-MM-DDTHH:MM:SSZ', a real UTC date and time
+    in 1970-9999 without a leap second (the device's rule).
+
+    Raises:
+        ValueError: Naming the value.
+    """
+    if not _STAMP_RE.fullmatch(text):
+        raise ValueError(f"{text!r} is not YYYY-MM-DDTHH:MM:SSZ")
+    when = dt.datetime.strptime(text, _STAMP).replace(tzinfo=dt.timezone.utc)
+    if when.year < 1970:
+        raise ValueError(f"{text!r} is before 1970")
+    return when
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ValueError(f"key {key!r} appears twice in one object")
+        seen[key] = value
+    return seen
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _too_deep(value: Any) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth > MAX_DEPTH:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def load_manifest(raw: bytes) -> dict[str, Any]:
+    """Parse manifest bytes as strictly as a device does: one JSON object in
+    printable ASCII (no BOM, no raw control characters, nothing after it), no
+    NaN or Infinity, no duplicate keys, nested at most ``MAX_DEPTH`` deep.
+
+    Raises:
+        ReleaseError: Naming the first fault.
+    """
+    bad = next((i for i, b in enumerate(raw) if b not in _PRINTABLE), None)
+    if bad is not None:
+        raise ReleaseError(f"manifest is not strict JSON: byte 0x{raw[bad]:02x} at {bad} is not "
+                           "printable ASCII (escape it as \\uXXXX)")
+    try:
+        fields = json.loads(raw.decode("ascii"), object_pairs_hook=_unique_keys,
+                            parse_constant=_refuse_constant)
+    except RecursionError:
+        raise ReleaseError(f"manifest is not strict JSON: nested deeper than {MAX_DEPTH}") from None
+    except ValueError as e:
+        raise ReleaseError(f"manifest is not strict JSON: {e}") from None
+    if not isinstance(fields, dict):
+        raise ReleaseError(f"manifest must be a JSON object, not {type(fields).__name__}")
+    if _too_deep(fields):
+        raise ReleaseError(f"manifest is not strict JSON: nested deeper than {MAX_DEPTH}")
+    return fields
 
 
 def sha256_file(path: Path) -> tuple[int, str]:
@@ -176,24 +253,66 @@ def make_release(
 
 
 def schema_problems(fields: Any) -> list[str]:
-    """What is wrong with a manifest's fields (empty when nothing is)."""
+    """What is wrong with a manifest's fields (empty when nothing is): the
+    device's rules for types, ranges, hex digests, dates and the encryption header."""
     if not isinstance(fields, dict):
         return [f"manifest must be a JSON object, not {type(fields).__name__}"]
     problems = []
-    for name, (kind, required, limit) in FIELDS.items():
+    for name, (kind, required, low, high) in FIELDS.items():
         value = fields.get(name)
         if value is None:
             if required:
                 problems.append(f"missing required field {name!r}")
             continue
-        if type(value) is not kind:
+        if type(value) is not kind:  # bool is not an int here
             problems.append(f"field {name!r} must be {kind.__name__}, not {type(value).__name__}")
-        elif isinstance(value, str) and not 0 < len(value) <= limit:
-            problems.append(f"field {name!r} must be 1-{limit} characters, not {len(value)}")
-        elif isinstance(value, int) and not 0 <= value <= limit:
-            problems.append(f"field {name!r} = {value} is outside 0..{limit}")
-    if fields.get("format") not in (None, FORMAT):
+        elif isinstance(value, str) and not low <= len(value) <= high:
+            problems.append(f"field {name!r} must be {low}-{high} characters, not {len(value)}")
+        elif isinstance(value, int) and not low <= value <= high:
+            problems.append(f"field {name!r} = {value} is outside {low}..{high}")
+    if problems:
+        return problems
+    if fields["format"] != FORMAT:
         problems.append(f"format {fields['format']} is not supported (expected {FORMAT})")
+    for name in ("sha256", "payload_sha256"):
+        if not _HEX64.fullmatch(fields[name]):
+            problems.append(f"field {name!r} must be 64 lowercase hex digits")
+    for name in ("created", "expires"):
+        if fields.get(name) is not None:
+            try:
+                parse_stamp(fields[name])
+            except ValueError as e:
+                problems.append(f"field {name!r}: {e}")
+    if fields.get("encryption") is None:
+        if fields["payload_size"] != fields["size"] or \
+                fields["payload_sha256"] != fields["sha256"]:
+            problems.append("an unencrypted payload must have the image's size and hash")
+    else:
+        problems += _encryption_problems(fields)
+    return problems
+
+
+def _encryption_problems(fields: dict[str, Any]) -> list[str]:
+    enc = fields["encryption"]
+    if enc.get("alg") != ALG or enc.get("kdf") != KDF:
+        return [f"encryption {enc.get('alg')!r} / {enc.get('kdf')!r} is not supported "
+                f"(devices read {ALG} with {KDF})"]
+    problems = []
+    iv = enc.get("iv")
+    if not (isinstance(iv, str) and len(iv) == 32 and all(c in "0123456789abcdef" for c in iv)):
+        problems.append("encryption iv must be 32 lowercase hex digits")
+    recipients = enc.get("recipients")
+    if type(recipients) is not list or not 0 < len(recipients) <= 16:
+        problems.append("encryption recipients must be a list of 1-16 entries")
+    elif not all(isinstance(r, dict) and all(
+            isinstance(r.get(k), str) and len(r[k]) == n
+            and all(c in "0123456789abcdef" for c in r[k]) for k, n in _RECIPIENT_HEX)
+            for r in recipients):
+        problems.append("each recipient needs key_id (16 hex), epk (130 hex) and "
+                        "wrapped_key (80 hex)")
+    if fields["payload_size"] != (fields["size"] + 15) // 16 * 16:
+        problems.append(f"encrypted payload_size {fields['payload_size']} is not the image size "
+                        f"{fields['size']} rounded up to 16")
     return problems
 
 
@@ -250,9 +369,9 @@ def verify_release(
                f"signature ({len(sig)} bytes) does not verify with key {keys.key_id(public)}: "
                "the manifest or signature was altered, or another key signed it")
     try:
-        fields = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        report.add("manifest format", False, f"manifest is not valid JSON: {e}")
+        fields = load_manifest(raw)
+    except ReleaseError as e:
+        report.add("manifest format", False, str(e))
         return report
     problems = schema_problems(fields)
     report.add("manifest format", not problems, "; ".join(problems) or "all fields well-formed")
@@ -298,12 +417,19 @@ def _check_expiry(report: Report, fields: dict[str, Any], now: dt.datetime) -> N
     if fields.get("expires") is None:
         report.add("expiry", True, "no expiry")
         return
-    expires = parse_when(fields["expires"])
+    expires = parse_stamp(fields["expires"])  # schema_problems checked it
     report.add("expiry", now <= expires, f"expires {fields['expires']} (now {stamp(now)})")
 
 
 def _check_board(report: Report, fields: dict[str, Any], board_name: str | Path | None) -> None:
-    name = board_name or fields["board"]
+    named: str = fields["board"]
+    if board_name is None and not (_BOARD_NAME.fullmatch(named)
+                                   and (boards.BOARDS_DIR / named / "board.json").is_file()):
+        # a name from the manifest is looked up among the known boards only, never as a path
+        report.add("board", True, f"board {named!r} is not defined here: give --board to "
+                   "check the fit")
+        return
+    name = board_name or named
     try:
         board = boards.load(name)
     except MpotaError as e:
@@ -312,5 +438,7 @@ def _check_board(report: Report, fields: dict[str, Any], board_name: str | Path 
     report.add("board", fields["board"] == board.name and fields["chip_id"] == board.chip_id,
                f"release is for {fields['board']} (chip id {fields['chip_id']}), "
                f"board is {board.name} (chip id {board.chip_id})")
-    report.add("fits slot", fields["size"] <= board.slot_size,
-               f"image {fields['size']} bytes, slot {board.slot_size} bytes")
+    report.add("fits slot", fields["size"] <= board.slot_size
+               and fields["payload_size"] <= board.slot_size + 16,
+               f"image {fields['size']} bytes (payload {fields['payload_size']}), "
+               f"slot {board.slot_size} bytes")

@@ -146,7 +146,7 @@ def test_verify_rejects_another_board(signed: Path, tmp_path: Path) -> None:
 
 def test_verify_rejects_a_malformed_manifest(signed: Path) -> None:
     key = keys.load_private(signed / "keys" / "signing.pem")
-    for raw, words in ((b"not json", "not valid JSON"),
+    for raw, words in ((b"not json", "not strict JSON"),
                        (json.dumps({"format": 1}).encode(), "missing required field 'board'"),
                        (b"x" * 5000, "limit 4096")):
         (signed / "rel" / "manifest.json").write_bytes(raw)
@@ -230,10 +230,22 @@ def test_mip_package_lists_every_agent_module() -> None:
 
 def test_host_and_device_agree_on_the_manifest_fields() -> None:
     # Two runtimes, two copies of the table: this keeps them in step.
+    import ast
+
     from helpers import REPO
 
     source = (REPO / "device" / "mpota" / "manifest.py").read_text()
-    table = source[source.index("_FIELDS = {"):source.index("}\n", source.index("_FIELDS = {")) + 1]
-    device_fields = eval(table.split("=", 1)[1], {"int": int, "str": str, "dict": dict})
+    tree = ast.parse(source)
+    (table,) = [node.value for node in tree.body if isinstance(node, ast.Assign)
+                and [getattr(t, "id", None) for t in node.targets] == ["_FIELDS"]]
+    names = {"int": int, "str": str, "dict": dict}
+
+    class Types(ast.NodeTransformer):
+        def visit_Name(self, node: ast.Name) -> ast.AST:
+            return ast.Constant(node.id)
+
+    literal = ast.literal_eval(ast.fix_missing_locations(Types().visit(table)))
+    device_fields = {k: (names[v[0]], *v[1:]) for k, v in literal.items()}
     assert device_fields == release.FIELDS
+    assert f"MAX_DEPTH = {release.MAX_DEPTH}\n" in source
     assert f"MAX_MANIFEST = {release.MAX_MANIFEST}" in source
