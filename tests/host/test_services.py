@@ -38,3 +38,15 @@ def test_missing_service_fails_under_ci(absent: str, monkeypatch: pytest.MonkeyP
 def test_present_service_is_found(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(services.SERVICES, "sh", services.Service("sh", "sh", ("dash",)))
     assert services.require_service("sh").name == "sh"
+
+
+@pytest.mark.parametrize(("required", "status"), [(False, 0), (True, 1)])
+def test_install_without_root_says_what_to_install(absent: str, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str],
+                                                   required: bool, status: int) -> None:
+    monkeypatch.setattr(services.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(services, "_run", lambda cmd: pytest.fail(f"ran {cmd}"))
+    assert services.install(required) == status
+    err = capsys.readouterr().err
+    assert f"{absent} is missing and cannot be installed here" in err
+    assert "no-such-package" in err
