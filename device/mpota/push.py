@@ -5,9 +5,14 @@
 # cable loses nothing: begin() again resumes at what is on flash.
 #
 #   import mpota.push as P
-#   P.begin(manifest_b64, signature_b64)  -> bytes already written
-#   P.chunk(offset, data_b64)             -> bytes written so far
+#   P.begin(manifest_b64, signature_b64)  -> payload offset to send from
+#   P.chunk(offset, data_b64)             -> payload bytes received so far
 #   P.finish()                            -> "STAGED"; then mpota.apply()
+#
+# The host sends the payload from the offset begin() returns.  On a resume
+# that is the last whole block on flash; for an encrypted release it is 16
+# bytes earlier: the first chunk then starts with the ciphertext block before
+# the resume point, which is CBC's IV there.
 import binascii
 
 import mpota
@@ -23,10 +28,11 @@ def begin(manifest_b64, signature_b64):
     sig = binascii.a2b_base64(signature_b64)
     target, m, key, written = agent.begin(raw, sig, "push:serial")  # refusals recorded there
     _session.clear()
-    _session.update(agent=agent, m=m, writer=agent.writer(target, m, written, key),
-                    saved=written)
-    print("mpota: receiving %s (%d bytes) at byte %d" % (m.version, m.payload_size, written))
-    return written
+    writer = agent.writer(target, m, written, key)  # resumes at a whole block
+    _session.update(agent=agent, m=m, writer=writer, saved=writer.committed)
+    print("mpota: receiving %s (%d bytes) at byte %d" % (m.version, m.payload_size,
+                                                         writer.offset))
+    return writer.offset - writer.iv_needed()
 
 
 class _Bytes:
@@ -45,10 +51,18 @@ def chunk(offset, data_b64):
     writer = _session.get("writer")
     if writer is None:
         raise StateError("no push in progress: call begin() first")
-    if offset != writer.offset:
-        raise StateError("chunk at %d, but the slot is at %d: resend from there"
-                         % (offset, writer.offset))
-    data = binascii.a2b_base64(data_b64)
+    pre = writer.iv_needed()  # 16 after an encrypted resume, until the IV came
+    if offset != writer.offset - pre:
+        raise StateError("chunk at %d, but the slot expects byte %d: resend from there"
+                         % (offset, writer.offset - pre))
+    data = memoryview(binascii.a2b_base64(data_b64))
+    if pre:
+        if len(data) < pre:
+            raise StateError("the first chunk of an encrypted resume must hold the %d bytes "
+                             "before byte %d (the CBC IV); got %d" % (pre, writer.offset,
+                                                                     len(data)))
+        writer.set_iv(data[:pre])
+        data = data[pre:]
     writer.pull(_Bytes(data), len(data))
     if writer.committed - _session["saved"] >= _SAVE_EVERY:
         _session["agent"].st.save(written=writer.committed)

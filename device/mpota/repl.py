@@ -60,26 +60,73 @@ def confirm(agent):
 
 
 def rollback(agent):
-    """Boot the other slot's image (it is checked by set_boot first)."""
+    """Boot the other slot's image, only when the agent knows it holds a
+    verified image whose security counter is not below the floor."""
     if agent.busy is not None and agent.busy():
         raise BusyError("the application is busy: not rolling back now")
     if agent.st.name in (state.DOWNLOADING, state.STAGED):
         raise StateError("an update is %s; the other slot holds no complete image"
                          % agent.st.name)
     other = agent.hw.next_slot()
-    other.set_boot()  # OSError(-5379) if the other slot holds no valid image
+    label = agent.hw.label(other)
+    known = verified_image(agent, other)
+    if known is None:
+        raise StateError("%s holds no image this device verified (a download into it started "
+                         "or failed since, or it was never written): not booting it; install "
+                         "a release with mpota.update() instead" % label)
+    counter = known.get("security_counter") or 0
+    floor = agent.security_floor()
+    if counter < floor:
+        raise StateError("%s holds v%s with security counter %d, below this device's floor %d: "
+                         "it may not boot again; install a newer release instead"
+                         % (label, known.get("version"), counter, floor))
+    try:
+        other.set_boot()  # ESP-IDF checks the image format once more
+    except OSError as e:
+        raise StateError("the bootloader refused the image in %s (%s): not rolling back"
+                         % (label, e))
     agent.st.save(state=state.IDLE, target=None)
-    agent.report("ROLLBACK_REQUESTED", "technician asked to boot %s" % agent.hw.label(other))
-    print("mpota: rebooting into %s" % agent.hw.label(other))
+    agent.report("ROLLBACK_REQUESTED", "technician asked to boot %s (v%s)"
+                 % (label, known.get("version")))
+    print("mpota: rebooting into %s (v%s)" % (label, known.get("version")))
     agent.hw.reset()
     return "REBOOTING"
 
 
+def verified_image(agent, part):
+    """What the agent knows the slot holds: {"version", "version_code",
+    "security_counter"} of an image it verified against a signed manifest and
+    confirmed, or of the image the board was flashed with while no download
+    has touched its slot; None when it cannot vouch for the slot."""
+    label = agent.hw.label(part)
+    info = agent.st.get("installed", {}).get(label)
+    if info:
+        return info
+    # A download into a slot removes it from "installed" and names it as the
+    # target, which stays recorded after the download ends or fails.
+    if label != _flashed_slot(part) or (agent.st.get("target") or {}).get("slot") == label:
+        return None
+    return {"version": agent.cfg["version"], "version_code": agent.cfg["version_code"],
+            "security_counter": 0}
+
+
+def _flashed_slot(part):
+    """Where a freshly flashed board keeps its app: factory, else ota_0."""
+    for subtype in (0x00, 0x10):
+        found = part.find(0, subtype)  # esp32.Partition.find(TYPE_APP, subtype)
+        if found:
+            return found[0].info()[4]
+    return None
+
+
 def offer_from_url(agent, base):
     """An offer for a release directory served at base (manifest.json,
-    manifest.sig, payload), e.g. a CDN or a technician's laptop."""
+    manifest.sig, payload), e.g. a CDN or a technician's laptop; base may
+    also be the URL of the release's manifest.json."""
     from mpota.manifest import MAX_MANIFEST
 
+    if base.endswith("/manifest.json"):
+        base = base[:-len("manifest.json")]
     base = base.rstrip("/") + "/"
     c = agent.client()
     parts = []

@@ -7,7 +7,7 @@ import hashlib
 
 import cryptolib
 
-from mpota.errors import ImageError, SlotTooSmall, TransportError
+from mpota.errors import ImageError, SlotTooSmall, StateError, TransportError
 
 BLOCK = const(4096)
 
@@ -30,6 +30,7 @@ class SlotWriter:
         self.committed = 0  # payload bytes handled, a multiple of BLOCK until the end
         self.fill = 0  # bytes in buf not yet on flash
         self.key = key
+        self.iv = iv  # the manifest's IV: CBC state at payload byte 0
         self.cipher = cryptolib.aes(key, 2, iv) if key else None
 
     def iv_needed(self):
@@ -45,20 +46,28 @@ class SlotWriter:
         return self.committed + self.fill
 
     def resume(self, offset, feed=None):
-        """Continue after offset bytes already on flash: hash them again
-        (a hash object cannot be saved across a reset)."""
-        if offset % BLOCK or offset > self.total:
-            raise ImageError("cannot resume at %d: not a block boundary" % offset)
+        """Continue after the bytes already on flash, from the last whole block
+        at or below offset; returns that point.  A saved offset may include the
+        partial last block (or equal the total, after a reset during the
+        read-back): that block is downloaded again.  An offset outside the
+        payload (a state file from elsewhere) starts again from 0.  The blocks
+        kept are hashed again (a hash object cannot be saved across a reset)."""
+        if type(offset) is not int or offset < 0 or offset > self.total:
+            offset = 0
+        offset -= offset % BLOCK
         self.sha = hashlib.sha256()
-        if self.key and offset:
-            self.cipher = None  # the IV is the ciphertext block before offset
+        if self.key:
+            # past byte 0 the IV is the ciphertext block just before offset
+            self.cipher = cryptolib.aes(self.key, 2, self.iv) if offset == 0 else None
         for block in range(offset // BLOCK):
             self.part.readblocks(block, self.buf)
-            self.sha.update(self.buf)
+            real = self.size - block * BLOCK  # the image may end inside this block
+            self.sha.update(self.buf if real >= BLOCK else self.buf[:max(real, 0)])
             if feed:
                 feed()
         self.committed = offset
         self.fill = 0
+        return offset
 
     def drop_partial(self):
         # after a broken connection: the bytes of an unfinished block are lost
@@ -66,9 +75,15 @@ class SlotWriter:
 
     def _flush(self):
         n = self.fill
+        if self.key and self.cipher is None:
+            # never write ciphertext as if it were the image
+            raise StateError("resuming an encrypted release at byte %d needs the %d payload "
+                             "bytes before it (the CBC IV): call set_iv() first"
+                             % (self.committed, 16))
         if self.cipher is not None:
             self.cipher.decrypt(self.buf[:n], self.buf[:n])
         if self.committed == 0 and self.buf[0] != 0xE9:
+            invalidate(self.part, self.buf)
             raise ImageError("the payload does not start with an app image header (0xE9): %s"
                              % ("wrong content key or not encrypted" if self.key else
                                 "encrypted, or not an app image, while the manifest says "
@@ -111,13 +126,15 @@ class SlotWriter:
             raise ImageError("only %d of %d bytes were written" % (self.offset, self.total))
         streamed = binascii.hexlify(self.sha.digest()).decode()
         if streamed != expected_hex:
+            invalidate(self.part, self.buf)
             raise ImageError("image SHA-256 %s... does not match the manifest's %s...: "
                              "refusing to boot it" % (streamed[:16], expected_hex[:16]))
         check_slot(self.part, self.size, expected_hex, self.buf, feed)
 
 
 def check_slot(part, size, expected_hex, buf, feed=None):
-    """Read the first size bytes of the slot back and compare their SHA-256."""
+    """Read the first size bytes of the slot back and compare their SHA-256;
+    a slot that fails is invalidated before ImageError is raised."""
     sha = hashlib.sha256()
     left = size
     block = 0
@@ -130,5 +147,21 @@ def check_slot(part, size, expected_hex, buf, feed=None):
             feed()
     readback = binascii.hexlify(sha.digest()).decode()
     if readback != expected_hex:
+        invalidate(part, buf)
         raise ImageError("slot read-back SHA-256 %s... is not the manifest's %s...: "
                          "refusing to boot it" % (readback[:16], expected_hex[:16]))
+
+
+def invalidate(part, buf=None):
+    """Erase the slot's first block, so that the bootloader's and set_boot()'s
+    image check refuse whatever the slot still holds.  Best effort: the caller
+    is already failing, and the agent never boots a slot it did not verify."""
+    try:
+        if part.ioctl(6, 0):  # MP_BLOCKDEV_IOCTL_BLOCK_ERASE; non-zero: block size is not 4096
+            if buf is None:
+                buf = memoryview(bytearray(BLOCK))
+            for i in range(BLOCK):
+                buf[i] = 0xFF
+            part.writeblocks(0, buf)
+    except OSError as e:
+        print("mpota: could not erase the first block of %s: %s" % (part.info()[4], e))

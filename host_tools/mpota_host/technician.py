@@ -394,7 +394,12 @@ class PushReport:
 def push_release(link: BoardLink, reldir: Path, baud: int,
                  progress: Callable[[int, int], None] | None = None,
                  apply: bool = True) -> PushReport:
-    """Stream a release through the raw REPL into the inactive slot, resumably."""
+    """Stream a release through the raw REPL into the inactive slot, resumably.
+
+    The board's ``P.begin`` answers the payload offset to send from: 0, or the
+    last whole block on its flash; for an encrypted release 16 bytes before
+    that block, so that the first chunk brings the ciphertext block CBC needs
+    as its IV there."""
     raw, sig, payload = release.read_release(reldir)
     fields = json.loads(raw)
     total = payload.stat().st_size
@@ -418,7 +423,9 @@ def push_release(link: BoardLink, reldir: Path, baud: int,
                 progress(offset, total)
     link.exec(_json_line("P.finish()"))
     seconds = time.monotonic() - began
-    report = PushReport(str(fields.get("version")), total, total - start_at, start_at,
+    # where the slot resumed: past the 16 IV bytes of an encrypted resume
+    resumed_at = start_at + 16 if start_at and fields.get("encryption") else start_at
+    report = PushReport(str(fields.get("version")), total, total - start_at, resumed_at,
                         seconds, baud / 10)
     if apply:
         link.run_until_reboot("import mpota\nmpota.apply()\n", lambda line: None, timeout=60)

@@ -161,28 +161,49 @@ def test_ctrl_c_during_trigger_leaves_the_board_on_its_image(fleet: Fleet, seria
                                       ["device_id"]))
 
 
-def test_push_survives_a_pulled_cable(fleet: Fleet, serial) -> None:
-    rel = fleet.publish("2.0.0", 2, size=256 * 1024)
-    board = fleet.device(config=WIFI, main_py=PROBATION_ONLY)
+@pytest.mark.parametrize(("encrypted", "pull_at"), [
+    (False, 0.4), (True, 0.4),
+    (True, 1.0),  # every byte sent, the cable goes before finish()
+], ids=["plain", "encrypted", "encrypted-before-finish"])
+def test_push_survives_a_pulled_cable(fleet: Fleet, serial, encrypted: bool,
+                                      pull_at: float) -> None:
+    # an image size that is not a multiple of 4096, as almost every real image
+    size = 256 * 1024 + 5000
+    enc = keys.generate(fleet.root / "enc", name="encryption") if encrypted else None
+    rel = fleet.publish("2.0.0", 2, size=size,
+                        **({"encrypt_for": [keys.load_public(enc.public)]} if enc else {}))
+    board = fleet.device(config=WIFI, main_py=PROBATION_ONLY, enc_key=enc.private if enc else None)
     s = on_serial(serial, board)
 
-    def pull_at_40_percent(done: int, total: int) -> None:
-        if done >= 0.4 * total and s.port:
+    def pull(done: int, total: int) -> None:
+        if done >= pull_at * total and s.port:
             s.unplug()
 
     with pytest.raises(technician.BoardLinkError, match="lost the board"):
         link = technician.BoardLink(s.port)
         try:
-            technician.push_release(link, rel, 115200, pull_at_40_percent)
+            technician.push_release(link, rel, 115200, pull)
         finally:
             link.close()
-    assert agent_state(board)["state"] == "DOWNLOADING"
+    state = agent_state(board)
+    assert state["state"] == "DOWNLOADING" and state["written"] > 0, state
     port = s.replug()
+    if pull_at == 1.0:
+        # what a reset after the last progress save leaves: all bytes counted, the
+        # last (partial) block included
+        with technician.connect(port) as link:
+            total = (rel / "payload").stat().st_size
+            link.exec(f"import mpota\nmpota.get_agent().st.save(written={total})")
     out = mpota("push", "--port", port, str(rel)).stdout
     assert "resumed at byte" in out and "pushed 2.0.0" in out, out
+    if pull_at == 1.0:  # at the last whole block: only the partial block is sent again
+        total = (rel / "payload").stat().st_size
+        assert f"resumed at byte {total // 4096 * 4096}" in out, out
     wait_for(lambda: "reset" in s.boots, 20, "the board to reboot")
     info = status(s.port)
     assert info["running"] == "ota_1" and info["otadata"][1]["state"] == "VALID", info
+    image = (fleet.root / f"fw-2.0.0-healthy-{size}.bin").read_bytes()
+    assert board.flash.read_bytes()[0x190000 : 0x190000 + len(image)] == image
 
 
 def test_tampered_release_pushed_offline_is_refused(fleet: Fleet, serial) -> None:
