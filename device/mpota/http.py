@@ -70,6 +70,23 @@ def split_url(url):
     return host, port, path
 
 
+def _dots(path):
+    # RFC 3986 5.2.4: "/a/b/../c" -> "/a/c", for relative redirects
+    q = path.find("?")
+    tail = "" if q < 0 else path[q:]
+    segments = (path if q < 0 else path[:q]).split("/")
+    out = []
+    for seg in segments:
+        if seg == "..":
+            if len(out) > 1:
+                out.pop()
+        elif seg != ".":
+            out.append(seg)
+    if segments[-1] in (".", ".."):
+        out.append("")
+    return "/".join(out) + tail
+
+
 def _where_text(where):
     return short("https://%s%s" % (_hostport(where[0], where[1]), where[2]))
 
@@ -339,12 +356,12 @@ class Client:
                 raise DownloadError("refusing the redirect from %s to %s: only https:// is "
                                     "followed" % (_where_text(where), short(location)))
             return split_url(location)
-        if location.startswith("/"):
-            return host, port, location
         path = path.split("?", 1)[0]
         if location.startswith("?"):
             return host, port, path + location
-        return host, port, path[:path.rfind("/") + 1] + location
+        if not location.startswith("/"):
+            location = path[:path.rfind("/") + 1] + location
+        return host, port, _dots(location)
 
     def _final(self, r):
         if 200 <= r.status < 300:
@@ -369,7 +386,11 @@ class Client:
         headers = headers or {}
         moved = self._moved
         if moved is not None and moved[0] == target and method == "GET":
-            r = self._exchange(method, moved[1], headers, body)
+            try:
+                r = self._exchange(method, moved[1], headers, body)
+            except TransportError:
+                self._moved = None  # the target does not answer: the original URL may send
+                raise  # elsewhere next time (a drop in a body keeps the target)
             if 200 <= r.status < 300:
                 return self._final(r)
             self._moved = None  # back to the original URL for a fresh redirect

@@ -1,13 +1,18 @@
-"""Network trouble on loopback: a TCP proxy that cuts connections, and a
-static HTTPS server that ignores Range (as some CDNs and proxies do)."""
+"""Network trouble on loopback: a TCP proxy that cuts connections, a static
+HTTPS server that ignores Range (as some CDNs and proxies do), an HTTPS server
+whose answers a test writes byte for byte (counting TLS handshakes), and a TCP
+server that spoils the TLS handshake."""
 
 from __future__ import annotations
 
 import contextlib
 import http.server
+import io
 import socket
 import ssl
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
@@ -157,3 +162,160 @@ class RedirectingHTTPS(StaticHTTPS):
     """StaticHTTPS that also bounces /hop/N/... through N redirects."""
 
     handler = _Hops
+
+
+@dataclass
+class Request:
+    """One request as the scripted server read it (header names lower-case)."""
+
+    method: str
+    path: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+Reply = tuple[bytes, bool]  # the raw response, and whether to close the connection after it
+
+
+def reply(status: int, body: bytes = b"", headers: tuple[tuple[str, str], ...] = (),
+          close: bool = False, length: bool = True, version: str = "HTTP/1.1") -> Reply:
+    """A raw response: status line, headers, Content-Length unless length is False."""
+    lines = [f"{version} {status} Whatever"] + [f"{k}: {v}" for k, v in headers]
+    if length:
+        lines.append(f"Content-Length: {len(body)}")
+    if close and version == "HTTP/1.1":
+        lines.append("Connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body, close
+
+
+def ranged(payload: bytes, request: Request) -> Reply:
+    """payload answered as a static file server with Range support does."""
+    spec = request.headers.get("range", "")
+    if not spec.startswith("bytes="):
+        return reply(200, payload)
+    first_text, _, last_text = spec[6:].partition("-")
+    first = int(first_text)
+    last = min(int(last_text) if last_text else len(payload) - 1, len(payload) - 1)
+    return reply(206, payload[first:last + 1],
+                 (("Content-Range", f"bytes {first}-{last}/{len(payload)}"),))
+
+
+class ScriptedHTTPS:
+    """HTTPS on 127.0.0.1 with keep-alive, answering each request with
+    route(request); counts completed TLS handshakes and records requests."""
+
+    def __init__(self, cert: Path, key: Path, route: Callable[[Request], Reply]) -> None:
+        self.route = route
+        self.handshakes = 0
+        self.requests: list[Request] = []
+        self._ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self._ctx.load_cert_chain(cert, key)
+        self._lock = threading.Lock()
+        self._open: list[socket.socket] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"https://localhost:{self.port}"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            with self._lock:
+                self._open.append(conn)
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            with self._ctx.wrap_socket(conn, server_side=True) as tls:
+                with self._lock:
+                    self.handshakes += 1
+                    self._open.append(tls)  # the wrapped socket now owns the connection
+                stream = tls.makefile("rb")
+                while (request := self._read(stream)) is not None:
+                    with self._lock:
+                        self.requests.append(request)
+                    raw, close = self.route(request)
+                    tls.sendall(raw)
+                    if close:
+                        tls.shutdown(socket.SHUT_RDWR)
+                        return
+        except (OSError, ValueError):
+            return  # the client went away or the test closed the server
+
+    @staticmethod
+    def _read(stream: io.BufferedIOBase) -> Request | None:
+        first = stream.readline(65536).decode()
+        if not first.strip():
+            return None
+        method, path, _ = first.split(" ", 2)
+        headers: dict[str, str] = {}
+        while (line := stream.readline(65536).decode()).strip():
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        stream.read(int(headers.get("content-length", "0")))
+        return Request(method, path, headers)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):  # wakes the accepting thread (Linux)
+            self._listener.shutdown(socket.SHUT_RDWR)
+        self._listener.close()
+        self._thread.join(timeout=2)
+        with self._lock:
+            for conn in self._open:
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
+                conn.close()
+
+    def __enter__(self) -> ScriptedHTTPS:
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.close()
+
+
+class HandshakeFault:
+    """A TCP server on 127.0.0.1 that spoils the TLS handshake: "close" reads
+    the ClientHello and closes; "stall" accepts and never answers."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._open: list[socket.socket] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            if self.kind == "close":
+                conn.settimeout(5)
+                with contextlib.suppress(OSError):  # the client may already have gone
+                    conn.recv(65536)
+                    conn.shutdown(socket.SHUT_RDWR)
+                conn.close()
+            else:
+                self._open.append(conn)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):  # wakes the accepting thread (Linux)
+            self._listener.shutdown(socket.SHUT_RDWR)
+        self._listener.close()
+        self._thread.join(timeout=2)
+        for conn in self._open:
+            conn.close()
+
+    def __enter__(self) -> HandshakeFault:
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.close()
