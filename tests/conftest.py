@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import services
 
+import services
 from helpers import BOARD_4MB
 from mpota_host.firmware import write_image
 from mpota_host.sim.harness import SimBoard

@@ -5,6 +5,7 @@ them under CI."""
 from __future__ import annotations
 
 import pytest
+
 import services
 
 

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from nginx import Nginx
 
 from fleet import Fleet
 from helpers import BOARD_4MB
@@ -26,6 +25,7 @@ from mpota_host import devtls
 from mpota_host.firmware import write_image
 from mpota_host.sim.harness import BootRecord, SimBoard
 from netfaults import FaultProxy
+from nginx import Nginx
 
 SLOT1 = 0x190000  # ota_1 of boards/esp32-generic-4mb
 SIZE = 192 * 1024  # three 64 KiB windows: small, and still more than one request
