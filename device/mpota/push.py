@@ -16,7 +16,7 @@
 import binascii
 
 import mpota
-from mpota.errors import OTAError, StateError
+from mpota.errors import ImageError, OTAError, StateError
 
 _SAVE_EVERY = const(16384)
 _session = {}
@@ -24,8 +24,12 @@ _session = {}
 
 def begin(manifest_b64, signature_b64):
     agent = mpota.get_agent()
-    raw = binascii.a2b_base64(manifest_b64)
-    sig = binascii.a2b_base64(signature_b64)
+    try:
+        raw = binascii.a2b_base64(manifest_b64)
+        sig = binascii.a2b_base64(signature_b64)
+    except ValueError as e:
+        raise StateError("the manifest or signature sent is not base64 (%s): send the "
+                         "release directory's files unchanged" % e)
     target, m, key, written = agent.begin(raw, sig, "push:serial")  # refusals recorded there
     _session.clear()
     writer = agent.writer(target, m, written, key)  # resumes at a whole block
@@ -55,7 +59,10 @@ def chunk(offset, data_b64):
     if offset != writer.offset - pre:
         raise StateError("chunk at %d, but the slot expects byte %d: resend from there"
                          % (offset, writer.offset - pre))
-    data = memoryview(binascii.a2b_base64(data_b64))
+    try:
+        data = memoryview(binascii.a2b_base64(data_b64))
+    except ValueError as e:
+        raise StateError("chunk at %d is not base64 (%s): resend it" % (offset, e))
     if pre:
         if len(data) < pre:
             raise StateError("the first chunk of an encrypted resume must hold the %d bytes "
@@ -63,7 +70,12 @@ def chunk(offset, data_b64):
                                                                      len(data)))
         writer.set_iv(data[:pre])
         data = data[pre:]
-    writer.pull(_Bytes(data), len(data))
+    try:
+        writer.pull(_Bytes(data), len(data))
+    except ImageError as e:  # not an app image, or more bytes than the manifest says
+        _session["agent"].fail(e, "pushed image refused")
+        _session.clear()
+        raise
     if writer.committed - _session["saved"] >= _SAVE_EVERY:
         _session["agent"].st.save(written=writer.committed)
         _session["saved"] = writer.committed

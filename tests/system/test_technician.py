@@ -223,6 +223,23 @@ def test_tampered_release_pushed_offline_is_refused(fleet: Fleet, serial) -> Non
     assert "SignatureError" in proc.stderr, proc.stderr
 
 
+def test_push_of_a_payload_that_is_no_app_image_ends_failed(fleet: Fleet, serial) -> None:
+    rel = fleet.publish("2.0.0", 2)
+    raw = bytearray((rel / "payload").read_bytes())
+    raw[0] = 0x00
+    (rel / "payload").write_bytes(raw)
+    board = fleet.device(config=WIFI, main_py=PROBATION_ONLY)
+    s = on_serial(serial, board)
+    proc = mpota("push", "--port", s.port, str(rel), check=False)
+    assert proc.returncode == 1 and "does not start with an app image header" in proc.stderr, \
+        proc.stderr
+    state = agent_state(board)
+    assert state["state"] == "IDLE" and state["last_result"]["code"] == "image", state
+    assert "FAILED" in fleet.states(json.loads((board.fs / "mpota.json").read_text())
+                                    ["device_id"])
+    assert board.flash.read_bytes()[0x190000 : 0x190000 + 4096] == b"\xff" * 4096
+
+
 def test_push_at_115200_baud_reports_its_rate(fleet: Fleet, serial) -> None:
     rel = fleet.publish("2.0.0", 2, size=24 * 1024)
     board = fleet.device(config=WIFI, main_py=PROBATION_ONLY)
