@@ -46,31 +46,50 @@ def get_agent():
 
 
 def _guard(fn, *args):
+    """fn(agent, *args), and nothing a server, a file or the network can cause
+    escapes into the application: an error is printed and returned as
+    {"result": "FAILED" (or "RETRY_LATER"), "error", "reason"}.  An OTAError
+    was recorded where it arose; any other exception is recorded here as a
+    FAILED result and reported (best effort)."""
     from mpota.errors import OTAError
 
+    agent = None
     try:
-        return fn(*args)
+        agent = get_agent()
+        return fn(agent, *args)
     except OTAError as e:
-        print("mpota: %s: %s" % (e.__class__.__name__, e))
-        return {"result": "FAILED", "error": e.__class__.__name__, "reason": str(e)}
+        name = e.__class__.__name__
+        print("mpota: %s: %s" % (name, e))
+        return {"result": "RETRY_LATER" if e.retryable else "FAILED", "error": name,
+                "reason": str(e)}
+    except Exception as e:  # a fault nobody foresaw: the application keeps running
+        name = e.__class__.__name__
+        print("mpota: unexpected %s: %s" % (name, e))
+        if agent is not None:
+            try:
+                agent.unexpected(e)
+            except Exception as e2:  # the state file or flash itself fails: nothing left to do
+                print("mpota: could not record the failure: %s: %s"
+                      % (e2.__class__.__name__, e2))
+        return {"result": "FAILED", "error": name, "reason": str(e)}
 
 
 def boot():
     from mpota import health
 
-    return _guard(health.on_boot, get_agent())
+    return _guard(health.on_boot)
 
 
 def probation():
     from mpota import health
 
-    return _guard(health.run, get_agent())
+    return _guard(health.run)
 
 
 def status():
     from mpota import repl
 
-    return repl.status(get_agent())
+    return _guard(repl.status)
 
 
 def check():
@@ -83,7 +102,7 @@ def check():
               % (offer.get("version"), offer.get("version_code")))
         return offer
 
-    return _guard(run, get_agent())
+    return _guard(run)
 
 
 def update(url_or_release=None):
@@ -91,6 +110,7 @@ def update(url_or_release=None):
     verify, stage, and reboot when the policy allows."""
     def run(a):
         offer = url_or_release
+        source = "server"
         if offer is None:
             offer = a.check(skip_rejected=False)
             if offer is None:
@@ -100,28 +120,29 @@ def update(url_or_release=None):
             from mpota import repl
 
             offer = repl.offer_from_url(a, offer)
-        return a.run_update(offer)
+            source = offer["payload_url"]  # probation checks that this host answers
+        return a.run_update(offer, source)
 
-    return _guard(run, get_agent())
+    return _guard(run)
 
 
 def apply(force=False):
-    return _guard(get_agent().apply, force)
+    return _guard(lambda a: a.apply(force))
 
 
 def poll():
     from mpota import repl
 
-    return _guard(repl.poll, get_agent())
+    return _guard(repl.poll)
 
 
 def confirm():
     from mpota import repl
 
-    return _guard(repl.confirm, get_agent())
+    return _guard(repl.confirm)
 
 
 def rollback():
     from mpota import repl
 
-    return _guard(repl.rollback, get_agent())
+    return _guard(repl.rollback)

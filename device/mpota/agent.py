@@ -13,8 +13,10 @@ import time
 from mpota import fetch, manifest, state
 from mpota.errors import (
     BusyError,
+    ConfigError,
     DecryptionError,
     DownloadError,
+    ImageError,
     ManifestError,
     OTAError,
     StateError,
@@ -24,6 +26,9 @@ from mpota.keys import TrustedKeys
 from mpota.slot import BLOCK, SlotWriter, check_slot
 
 _OFFER_LIMIT = const(12288)
+_TARGET = object()  # fail(): the release that failed is the in-progress target
+# what put a release on the rejected list: its signed bytes failed verification
+_REJECT = (ManifestError, ImageError, DecryptionError)
 
 
 class Agent:
@@ -43,11 +48,14 @@ class Agent:
     def client(self):
         if self._client is None:
             d = self.cfg["download"]
-            self._client = Client(self.cfg["server"], self.cfg["ca_der"], d["stall_s"],
+            self._client = Client(self.cfg["server"], self.cfg["cas"], d["stall_s"],
                                   d["redirects"])
         return self._client
 
     def auth(self):
+        if self.cfg["server"] is None:
+            raise ConfigError("no mpota server is configured (mpota.json has no 'server'): "
+                              "install a release from its URL with mpota.update(URL)")
         return {"X-Device-Id": self.cfg["device_id"],
                 "Authorization": "Bearer " + self.cfg["token"]}
 
@@ -87,7 +95,10 @@ class Agent:
     # talking to the server
 
     def report(self, name, detail=None, target=None):
-        """Tell the server about a state change; best effort."""
+        """Tell the server about a state change; best effort (skipped when no
+        server is configured)."""
+        if self.cfg["server"] is None:
+            return
         version, code = self.running_version()
         body = {"state": name, "version": version, "version_code": code}
         if target is not None:
@@ -100,7 +111,7 @@ class Agent:
                 "Content-Type": "application/json"}), json.dumps(body).encode())
             c.expect(r, 200)
             r.read_all(1024)
-        except (OTAError, OSError) as e:
+        except Exception as e:  # best effort: never hides the failure being reported
             print("mpota: could not report %s to the server: %s" % (name, e))
 
     def reject(self, version_code):
@@ -113,10 +124,11 @@ class Agent:
     def check(self, skip_rejected=True):
         """Ask the server for an update: the offer (dict) or None.  Releases
         that failed on this device before are skipped unless asked for."""
+        auth = self.auth()
         _, code = self.running_version()
         c = self.client()
         r = c.request("GET", "/v1/update?board=%s&version_code=%d" % (self.cfg["board"], code),
-                      self.auth())
+                      auth)
         c.expect(r, 200)
         try:
             offer = json.loads(r.read_all(_OFFER_LIMIT))
@@ -137,27 +149,39 @@ class Agent:
 
     # installing
 
-    def install(self, offer):
+    def install(self, offer, source="server"):
         """Verify the offer's manifest, download into the next slot and check
         it.  Leaves the agent STAGED (the image is not yet selected for boot:
-        apply() does that); raises an OTAError on failure."""
-        raw = offer.get("raw_manifest") or binascii.a2b_base64(offer["manifest"])
-        sig = offer.get("raw_signature") or binascii.a2b_base64(offer["signature"])
-        target, m, key, written = self.begin(raw, sig, offer["payload_url"])
+        apply() does that); raises an OTAError on failure.  source: "server"
+        for an offer from the mpota server, else the release's URL."""
+        claimed = offer.get("version_code")
+        try:
+            raw = offer.get("raw_manifest") or binascii.a2b_base64(offer["manifest"])
+            sig = offer.get("raw_signature") or binascii.a2b_base64(offer["signature"])
+        except (ValueError, TypeError) as e:
+            err = DownloadError("the update offer's manifest or signature is not base64 (%s)"
+                                % e)
+            self.fail(err, "release refused", claimed)
+            raise err
+        target, m, key, written = self.begin(raw, sig, offer["payload_url"], claimed, source)
         try:
             self._download(target, m, written, key)
         except OTAError as e:
-            if not isinstance(e, DownloadError) or e.status is not None:
+            if e.retryable:
+                self.interrupted(e)  # resumed on the next poll
+            else:
                 self.fail(e, "download stopped")
             raise
         self.staged(m)
         return m
 
-    def begin(self, raw, sig, source):
+    def begin(self, raw, sig, url, claimed=None, source=None):
         """Check a release before any byte of it is written: the manifest
         (signature first) and, if encrypted, the content key.  Records
         DOWNLOADING; returns (slot, manifest, content key, bytes already
-        written when the same release was interrupted)."""
+        written when the same release was interrupted).  claimed: the
+        version_code the offer announced (a refusal is charged to it, not to
+        a download in progress)."""
         if self.st.name in (state.STAGED, state.REBOOTING, state.PROBATION):
             raise StateError("an update is already %s; apply or wait for it" % self.st.name)
         target = self.hw.next_slot()
@@ -165,9 +189,11 @@ class Agent:
         try:
             m = manifest.check(raw, sig, self.keys, self.facts(slot_size))
             key = self.content_key(m)
-        except (ManifestError, DecryptionError) as e:
-            self.fail(e, "release refused before anything was written")
-            raise
+        except Exception as e:  # whatever the release's bytes cause ends here
+            err = e if isinstance(e, OTAError) else OTAError(
+                "the release could not be checked (%s: %s)" % (e.__class__.__name__, e))
+            self.fail(err, "release refused before anything was written", claimed)
+            raise err
         resume = self.st.name == state.DOWNLOADING and \
             self.st.get("target", {}).get("sha256") == m.sha256
         written = self.st.get("written", 0) if resume else 0
@@ -176,7 +202,7 @@ class Agent:
             "security_counter": m.security_counter, "sha256": m.sha256, "size": m.size,
             "manifest": binascii.b2a_base64(raw).decode().strip(),
             "signature": binascii.b2a_base64(sig).decode().strip(),
-            "url": source})
+            "url": url, "source": source or url})
         installed = dict(self.st.get("installed", {}))
         installed.pop(self.hw.label(target), None)  # the old contents are going away
         self.st.save(installed=installed)
@@ -226,16 +252,53 @@ class Agent:
         self.client().close()
         writer.check(m.sha256, self.hw.feed)
 
-    def fail(self, error, what):
+    def fail(self, error, what, release=_TARGET):
+        """Record and report a failed update.  release: the version_code of
+        the release that failed when it is not (or not known to be) the
+        in-progress target, e.g. a refused new offer; the target's state and
+        progress are then left alone.  Only a release whose signed bytes
+        failed verification is put on the rejected list."""
         reason = "%s: %s" % (what, error)
         code = getattr(error, "code", "error")
-        target = self.st.get("target", {}).get("version_code")
-        self.reject(target)
-        self.st.save(state=state.IDLE, written=0,
-                     last_result={"state": "FAILED", "code": code, "reason": reason,
-                                  "version_code": target})
-        self.report("FAILED", "%s: %s" % (code, reason), target)
+        current = (self.st.get("target") or {}).get("version_code")
+        ends = release is _TARGET or (release is not None and release == current)
+        if release is _TARGET:
+            release = current
+        if isinstance(error, _REJECT):
+            self.reject(release)
+        result = {"state": "FAILED", "code": code, "reason": reason, "version_code": release}
+        if ends:
+            self.st.save(state=state.IDLE, written=0, last_result=result)
+        else:
+            self.st.save(last_result=result)
+        self.report("FAILED", "%s: %s" % (code, reason), release)
         print("mpota: FAILED (%s) %s" % (code, reason))
+
+    def interrupted(self, error):
+        """A download that will resume on the next poll: keep DOWNLOADING and
+        its progress, record why it stopped, tell the server."""
+        target = self.st.get("target") or {}
+        written = self.st.get("written", 0)
+        reason = "download interrupted at byte %d, resumes on the next poll: %s" \
+            % (written, error)
+        code = getattr(error, "code", "error")
+        self.st.save(last_result={"state": "INTERRUPTED", "code": code, "reason": reason,
+                                  "version_code": target.get("version_code")})
+        self.report("INTERRUPTED", "%s: %s" % (code, reason), target.get("version_code"))
+        print("mpota: %s" % reason)
+
+    def unexpected(self, error):
+        """The last resort for an error that is not an OTAError: a download
+        starts again cleanly; a staged or booting update keeps its state (the
+        bootloader and probation still guard it).  Never rejects a release."""
+        if self.st.name in (state.IDLE, state.DOWNLOADING):
+            self.fail(error, "unexpected %s" % error.__class__.__name__)
+            return
+        target = (self.st.get("target") or {}).get("version_code")
+        reason = "unexpected %s: %s" % (error.__class__.__name__, error)
+        self.st.save(last_result={"state": "FAILED", "code": "error", "reason": reason,
+                                  "version_code": target})
+        self.report("FAILED", "error: " + reason, target)
 
     # applying
 
@@ -262,8 +325,14 @@ class Agent:
         try:
             # the image waited in flash: check it again, then let the bootloader have it
             check_slot(slot, target["size"], target["sha256"], self.buf, self.hw.feed)
-            slot.set_boot()  # ESP-IDF validates the image once more
-        except (OTAError, OSError) as e:
+            try:
+                slot.set_boot()  # ESP-IDF validates the image once more
+            except OSError as e:
+                raise ImageError(
+                    "the bootloader refused the image in %s (%s): its ESP image header is not "
+                    "valid for this chip (chip_id %d); publish firmware built for %s"
+                    % (target["slot"], e, self.cfg["chip_id"], self.cfg["board"]))
+        except OTAError as e:
             self.fail(e, "staged image failed its final check")
             raise
         self.st.save(state=state.REBOOTING)
@@ -271,9 +340,9 @@ class Agent:
         print("mpota: rebooting into %s" % target["version"])
         self.hw.reset()
 
-    def run_update(self, offer):
+    def run_update(self, offer, source="server"):
         """install + apply as the policy says; returns a short result dict."""
-        m = self.install(offer)
+        m = self.install(offer, source)
         if not self.cfg["policy"]["auto_apply"]:
             return {"result": "STAGED", "version": m.version, "apply": "mpota.apply()"}
         try:

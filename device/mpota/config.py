@@ -2,6 +2,9 @@
 # field by field so a mistake is named when the agent starts, not halfway
 # through an update.  The device token may live in NVS ("mpota"/"token")
 # instead of the file; NVS wins.
+#
+# Without an mpota server ("server", "device_id" and "token" all absent) the
+# device installs releases from their URLs only: mpota.update(URL).
 import json
 
 from mpota.errors import ConfigError
@@ -11,9 +14,9 @@ PATH = "mpota.json"
 # name: (type, default); a default of REQUIRED means the field must be present
 REQUIRED = object()
 _TOP = {
-    "server": (str, REQUIRED),
+    "server": (str, None),
     "ca": (str, REQUIRED),
-    "device_id": (str, REQUIRED),
+    "device_id": (str, None),
     "token": (str, None),
     "board": (str, REQUIRED),
     "chip_id": (int, 0),
@@ -72,11 +75,25 @@ def parse(data, where=PATH):
     cfg["policy"] = _fill(where + " policy", cfg["policy"], _POLICY)
     cfg["health"] = _fill(where + " health", cfg["health"], _HEALTH)
     cfg["download"] = _fill(where + " download", cfg["download"], _DOWNLOAD)
-    if not cfg["server"].startswith("https://"):
+    if cfg["server"] is None:
+        extra = [k for k in ("device_id", "token") if cfg[k] is not None]
+        if extra:
+            raise ConfigError("%s: %s given but no 'server': add the mpota server's URL, or "
+                              "remove %s to update from release URLs only"
+                              % (where, " and ".join(extra), " and ".join(extra)))
+    elif not cfg["server"].startswith("https://"):
         raise ConfigError("%s: server %r must be an https:// URL (TLS is not optional)"
                           % (where, cfg["server"]))
+    elif cfg["device_id"] is None:
+        raise ConfigError("%s: 'server' is set but 'device_id' is missing: add the id from "
+                          "`mpota device add` (or remove 'server' to update from release "
+                          "URLs only)" % where)
     if not cfg["trusted_keys"]:
         raise ConfigError("%s: trusted_keys is empty: the agent would accept nothing" % where)
+    wifi = cfg["wifi"]
+    if wifi is not None and (type(wifi.get("ssid")) is not str
+                             or type(wifi.get("key", "")) not in (str, type(None))):
+        raise ConfigError("%s: wifi must be {\"ssid\": \"...\", \"key\": \"...\"}" % where)
     if cfg["policy"]["window"] is not None:
         cfg["policy"]["window"] = _parse_window(cfg["policy"]["window"])
     if cfg["watchdog_ms"] < 1000:
@@ -93,6 +110,20 @@ def _read(path, mode="r"):
             return f.read()
     except OSError:
         raise ConfigError("cannot read %s on the board: provision it first" % path)
+    except ValueError:  # UnicodeError: binary bytes in a text file
+        raise ConfigError("%s on the board is not text: provision it again" % path)
+
+
+def load_cas(path):
+    """The pinned CA file (PEM or DER, one certificate or a bundle) as a list
+    of DER certificates; ConfigError naming the file and the problem."""
+    from mpota import ca
+
+    try:
+        return ca.certs(_read(path, "rb"))
+    except ValueError as e:
+        raise ConfigError("CA file %s: %s; put the CA certificate(s) there as PEM or DER"
+                          % (path, e))
 
 
 def load(path=PATH, nvs=None):
@@ -101,20 +132,27 @@ def load(path=PATH, nvs=None):
     except ValueError:
         raise ConfigError("%s is not valid JSON" % path)
     cfg = parse(data, path)
-    cfg["ca_der"] = _read(cfg["ca"], "rb")
+    cfg["cas"] = load_cas(cfg["ca"])
     keys = []
     for item in cfg["trusted_keys"]:
         if type(item) is not str:
             raise ConfigError("%s: trusted_keys entries must be strings" % path)
         keys.append(item if "BEGIN" in item else _read(item))
     cfg["trusted_pems"] = keys
+    if cfg["server"] is None:
+        return cfg  # release URLs only: no credentials to find
     if nvs is not None:
         buf = bytearray(128)
         try:
             n = nvs.get_blob("token", buf)
-            cfg["token"] = bytes(buf[:n]).decode()
         except OSError:
-            pass  # no token in NVS: the file's token (if any) is used
+            n = None  # no token in NVS: the file's token (if any) is used
+        if n is not None:
+            try:
+                cfg["token"] = bytes(buf[:n]).decode()
+            except ValueError:
+                raise ConfigError("the token in NVS (mpota/token) is not text: provision "
+                                  "the device again")
     if not cfg["token"]:
         raise ConfigError("no device token: put it in NVS (mpota/token) or in %s" % path)
     return cfg

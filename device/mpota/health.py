@@ -44,18 +44,44 @@ def on_boot(agent):
     return st.name
 
 
-def _checks(agent):
+def _source_reachable(agent, target):
+    """None when the update source the device depends on answers over TLS
+    with the pinned CA, else why not.  For an mpota server: its update API
+    with this device's credentials.  For a release installed from its URL
+    (any web server or CDN): that host answers, whatever the status."""
+    source = target.get("source") or "server"
+    try:
+        if source.startswith("https://"):
+            c = agent.client()
+            try:
+                c.request("GET", source, {"Range": "bytes=0-0"})
+            finally:
+                c.close()
+            return None
+        if agent.cfg["server"] is None:
+            return None  # pushed over serial, and no server: nothing to reach
+        agent.check()
+        return None
+    except Exception as e:  # any failure to reach the source is a failed check
+        where = source if source.startswith("https://") else agent.cfg["server"]
+        return "update source %s unreachable (%s)" % (where, e)
+
+
+def _checks(agent, target):
     cfg = agent.cfg["health"]
     hw = agent.hw
     failures = []
-    if cfg["network"] and not hw.network_up(agent.cfg["wifi"], cfg["timeout_s"] * 1000):
-        failures.append("network is down")
+    if cfg["network"]:
+        try:
+            if not hw.network_up(agent.cfg["wifi"], cfg["timeout_s"] * 1000):
+                failures.append("network is down")
+        except Exception as e:  # the network stack itself failed: the check failed
+            failures.append("network check raised %s: %s" % (e.__class__.__name__, e))
     hw.feed()
     if cfg["server"] and not failures:
-        try:
-            agent.check()
-        except Exception as e:  # any failure to reach the server is a failed check
-            failures.append("server unreachable (%s)" % e)
+        why = _source_reachable(agent, target)
+        if why:
+            failures.append(why)
         hw.feed()
     free = hw.free_heap()
     if free < cfg["min_free_heap"]:
@@ -79,7 +105,7 @@ def run(agent):
     if hw.running_ota_state() != otadata.PENDING_VERIFY:
         return None  # nothing on probation
     target = st.get("target") or {}
-    failures = _checks(agent)
+    failures = _checks(agent, target)
     if failures:
         reason = "health check failed: " + "; ".join(failures)
         st.save(probation_failure=reason)
@@ -102,7 +128,8 @@ def _confirmed(agent, target):
     installed = dict(st.get("installed", {}))
     if target.get("version_code") is not None:
         installed[running] = {"version": target["version"],
-                              "version_code": target["version_code"]}
+                              "version_code": target["version_code"],
+                              "security_counter": counter}
     st.save(state=state.IDLE, installed=installed, written=0, probation_failure=None,
             last_result={"state": "CONFIRMED", "version_code": target.get("version_code"),
                          "reason": None})

@@ -10,6 +10,7 @@ DOWNLOADING = "DOWNLOADING"
 STAGED = "STAGED"
 REBOOTING = "REBOOTING"
 PROBATION = "PROBATION"
+_NAMES = (IDLE, DOWNLOADING, STAGED, REBOOTING, PROBATION)
 
 
 class State:
@@ -18,13 +19,16 @@ class State:
         self.data = {"state": IDLE}
         try:
             with open(path) as f:
-                self.data = json.load(f)
+                data = json.load(f)
         except OSError:
-            pass  # first boot: nothing recorded yet
+            return  # first boot: nothing recorded yet
         except ValueError:
+            data = None
+        if type(data) is not dict or data.get("state", IDLE) not in _NAMES:
             # A torn file cannot happen with rename, but a bad write by hand can.
-            self.data = {"state": IDLE, "last_result": {"state": "FAILED",
-                                                         "reason": "state file was corrupt"}}
+            data = {"state": IDLE, "last_result": {"state": "FAILED", "code": "state",
+                                                   "reason": "state file %s was corrupt" % path}}
+        self.data = data
 
     def get(self, key, default=None):
         return self.data.get(key, default)

@@ -53,7 +53,8 @@ def test_happy_path_in_a_64k_heap(fleet) -> None:
         assert counters.sector(SLOT1 + block * 4096) == (1, 1), block
     state = agent_state(board)
     assert state["state"] == "IDLE" and state["last_result"]["state"] == "CONFIRMED"
-    assert state["installed"]["ota_1"] == {"version": "2.0.0", "version_code": 2}
+    assert state["installed"]["ota_1"] == {"version": "2.0.0", "version_code": 2,
+                                           "security_counter": 0}
     # the next boot stays on v2, and the agent knows it is up to date
     assert story(board.boot(max_boots=1)) == [("ota_1", "2.0.0", "repl")]
 
