@@ -16,7 +16,7 @@ import click
 from . import __version__, keys, release
 from . import board as boards
 from .appimage import inspect_image
-from .errors import MpotaError, ReleaseError
+from .errors import MpotaError, ReleaseError, printable
 from .firmware import BEHAVIOURS, DEFAULT_SIZE, write_image
 from .flashing import DEFAULT_BAUD, flash_firmware
 from .server.commands import device_group, reports_cmd, serve_cmd
@@ -113,8 +113,9 @@ def release_cmd(firmware: Path, version: str, version_code: int, board_name: str
     fields = release.make_release(firmware, out, board_name, version, version_code, key,
                                   security_counter, when, min_version_code, notes,
                                   recipients or None)
-    click.echo(f"{out}: release {fields['version']} (version_code {fields['version_code']}) "
-               f"for {fields['board']}, {fields['size']} bytes, signed by key {fields['key_id']}")
+    click.echo(printable(f"{out}: release {fields['version']} (version_code "
+                         f"{fields['version_code']}) for {fields['board']}, {fields['size']} "
+                         f"bytes, signed by key {fields['key_id']}"))
     if fields.get("encryption"):
         ids = ", ".join(r["key_id"] for r in fields["encryption"]["recipients"])
         click.echo(f"  encrypted (AES-256-CBC) for {ids}")
@@ -134,7 +135,9 @@ def verify_cmd(reldir: Path, pubkey: Path, board_name: str | None,
     report = release.verify_release(reldir, keys.load_public(pubkey), board_name=board_name,
                                     decrypt_with=private)
     for check in report.checks:
-        click.echo(f"  {'ok  ' if check.ok else 'FAIL'} {check.name:<16} {check.message}")
+        # messages quote the manifest: its text is shown escaped, never interpreted
+        click.echo(f"  {'ok  ' if check.ok else 'FAIL'} {check.name:<16} "
+                   f"{printable(check.message)}")
     if not report.ok:
         failed = ", ".join(c.name for c in report.checks if not c.ok)
         raise ReleaseError(f"{reldir} failed verification: {failed}")
@@ -151,15 +154,15 @@ def inspect_cmd(target: Path, as_json: bool) -> None:
         click.echo(json.dumps(info, indent=2))
         return
     for key, value in info.items():
-        click.echo(f"{key:<18} {value}")
+        click.echo(f"{key:<18} {printable(value)}")
 
 
 def _inspect_release(reldir: Path) -> dict[str, object]:
     raw, sig, payload = release.read_release(reldir)
     try:
-        fields = json.loads(raw)
-    except ValueError as e:
-        raise ReleaseError(f"{reldir / release.MANIFEST} is not JSON: {e}") from e
+        fields = release.load_manifest(raw)
+    except ReleaseError as e:
+        raise ReleaseError(f"{reldir / release.MANIFEST}: {e}") from None
     size, digest = release.sha256_file(payload)
     info: dict[str, object] = {"release": str(reldir)}
     for name in ("version", "version_code", "board", "chip_id", "security_counter", "size",
@@ -239,8 +242,8 @@ def sim_new(board_dir: str, firmware: Path, flash: Path) -> None:
     """Create a board: erased flash, partition table, FIRMWARE in ota_0."""
     board = SimBoard.create(board_dir, firmware, flash)
     ident = board.identity
-    click.echo(f"{flash}: new {ident['board']} ({ident['flash_size'] // 1024 // 1024} MiB, "
-               f"MAC {ident['mac']}), ota_0 = {firmware.name}")
+    click.echo(printable(f"{flash}: new {ident['board']} ({ident['flash_size'] // 1024 // 1024} "
+                         f"MiB, MAC {ident['mac']}), ota_0 = {firmware.name}"))
 
 
 @sim.command("stage")
@@ -251,11 +254,12 @@ def sim_new(board_dir: str, firmware: Path, flash: Path) -> None:
 def sim_stage(flash: Path, firmware: Path) -> None:
     """Write FIRMWARE into the next slot and set boot, exactly as an update would."""
     result = SimBoard(flash).stage(firmware)
-    click.echo(result.output.strip())
+    for line in result.output.strip().splitlines():
+        click.echo(printable(line))
 
 
 def _echo_device(line: str) -> None:
-    click.echo(f"  | {line}")
+    click.echo(f"  | {printable(line)}")
 
 
 @sim.command("boot")
@@ -273,7 +277,7 @@ def sim_boot(flash: Path, max_boots: int, cut_at: int | None, timeout: float, he
     """Power the board on and follow its resets until it settles (one line per boot)."""
 
     def line(record: BootRecord) -> None:
-        click.echo(record.line())
+        click.echo(printable(record.line()))
 
     records = SimBoard(flash).boot(max_boots, cut_at, timeout, heapsize,
                                    echo=_echo_device if verbose else None, on_boot=line)
@@ -294,14 +298,15 @@ def sim_status(flash: Path, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(status, indent=2))
         return
-    click.echo(f"board {status['board']}  running: {status['running'] or '(not booted yet)'}")
+    click.echo(printable(f"board {status['board']}  running: "
+                         f"{status['running'] or '(not booted yet)'}"))
     for slot in status["slots"]:
         fw = slot["firmware"]
         what = (f"v{fw['version']} ({fw['behaviour']}, {fw['length']} bytes)" if fw
                 else f"no valid image: {slot['error']}")
-        click.echo(f"  {slot['label']:<6} 0x{slot['addr']:06x}  {what}")
+        click.echo(printable(f"  {slot['label']:<6} 0x{slot['addr']:06x}  {what}"))
     for i, entry in enumerate(status["otadata"]):
-        click.echo(f"  otadata[{i}]  {entry['text']}")
+        click.echo(printable(f"  otadata[{i}]  {entry['text']}"))
     click.echo(f"  boot_slot: {status['boot_slot']}")
     facts = board.boot_facts()
     cause = facts.get("reset_cause")
@@ -349,7 +354,7 @@ def main() -> None:
         e.show()
         sys.exit(e.exit_code)
     except MpotaError as e:
-        click.echo(f"mpota: error: {e}", err=True)
+        click.echo(f"mpota: error: {printable(e)}", err=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)

@@ -6,6 +6,24 @@ single ``main()`` turns these into a message on stderr and an exit code.
 
 from __future__ import annotations
 
+import unicodedata
+
+# Control, format (bidi overrides), surrogate, private-use and unassigned
+# characters, and line/paragraph separators: never sent to a terminal raw.
+_UNSAFE = frozenset(("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"))
+
+
+def printable(value: object) -> str:
+    """``str(value)`` safe for a terminal or a log line: every control character
+    (ANSI escapes included), bidi override and the like is shown as its Python
+    escape (``\\x1b``, ``\\u202e``). Use it on anything that came from a device,
+    a client or a file before printing it."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(ch.encode("unicode_escape", "backslashreplace").decode("ascii")
+                   if unicodedata.category(ch) in _UNSAFE else ch for ch in text)
+
 
 class MpotaError(Exception):
     """Base of every error the host tools raise on purpose."""

@@ -577,3 +577,114 @@ def test_cli_serve_dev(env: Env) -> None:
         watchdog.cancel()
     assert proc.returncode == 0, err
     assert "server stopped" in out
+
+
+# --- issue 9: hardening ----------------------------------------------------------------------
+
+def _bad_release(env: Env, rid: str, raw: bytes, sign: bool = True) -> None:
+    """A release directory holding ``raw`` as its manifest (signed with the test key)."""
+    out = env.releases / rid
+    out.mkdir()
+    key = keys.load_private(env.keypair.private)
+    (out / release.MANIFEST).write_bytes(raw)
+    (out / release.SIGNATURE).write_bytes(keys.sign(key, raw) if sign else b"\0" * 64)
+    (out / release.PAYLOAD).write_bytes(b"\xa5" * 4096)
+
+
+@pytest.mark.parametrize("pubkey", [False, True])
+def test_a_bad_release_is_skipped_and_never_breaks_the_server(
+        env: Env, caplog: pytest.LogCaptureFixture, pubkey: bool) -> None:
+    good = env.release(2)
+    fields = json.loads((good / release.MANIFEST).read_bytes())
+
+    def variant(**changes: Any) -> bytes:
+        return release.encode_manifest(dict(fields, version_code=9, **changes))
+
+    _bad_release(env, "nested", b'{"a": ' * 700 + b"1" + b"}" * 700)
+    _bad_release(env, "arrays", b"[" * 2000 + b"]" * 2000)
+    _bad_release(env, "overflow", variant(expires="999999999d"))
+    _bad_release(env, "february", variant(expires="2030-02-30T00:00:00Z"))
+    _bad_release(env, "trailing", variant() + b"\0")
+    _bad_release(env, "garbage", b"\xff\xfe\x1b[31m not a manifest")
+    _bad_release(env, "empty", variant(size=0, payload_size=0))
+    (env.releases / "dir-payload").mkdir()
+    for name in (release.MANIFEST, release.SIGNATURE):
+        (env.releases / "dir-payload" / name).write_bytes((good / name).read_bytes())
+    (env.releases / "dir-payload" / release.PAYLOAD).mkdir()
+    token = env.device()
+    handle = env.serve(pubkey=env.keypair.public if pubkey else None)
+    assert [r.id for r in handle.releases()] == ["r2"]
+    assert ask(handle, token)["release"] == "r2"
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    for rid in ("nested", "arrays", "overflow", "february", "trailing", "garbage", "empty",
+                "dir-payload"):
+        (line,) = [w for w in warned if w.startswith(f"release {rid} skipped")]
+        assert "\n" not in line and "\x1b" not in line, line
+
+
+@pytest.mark.parametrize("body", [
+    b"[" * 2000 + b"]" * 2000,
+    b'[{"state": "ok"}, ' + b"[" * 1500 + b"]" * 1500 + b"]",
+    b'{"state": "ok", "detail": ' + b"[" * 1900 + b"]" * 1900 + b"}",
+])
+def test_a_deeply_nested_report_is_400(env: Env, body: bytes) -> None:
+    # deeper than Python's recursion limit: json.loads raised RecursionError, a 500
+    token = env.device()
+    handle = env.serve()
+    reply = post_report(handle, token, body)
+    assert reply.status == 400 and "nested too deeply" in reply.json["error"]
+
+
+@pytest.mark.parametrize("headers", [
+    {"Range": "bytes=abc"}, {"Range": "bytes=5-1"}, {"Range": "bytes=0-1,2-3"},
+    {"Range": "bytes=99999999999999999999999999-"}, {"Range": "bytes=-0"}, {"Range": "lines=1-2"},
+    {"If-Range": "garbage"}, {"If-Modified-Since": "not a date"},
+    {"If-Unmodified-Since": "Mon, 99 Foo 99999 99:99:99 GMT"}, {"Accept-Encoding": "gzip;q=x"},
+])
+def test_odd_request_headers_never_make_a_500(offered: tuple[ServerHandle, str, bytes],
+                                              headers: dict[str, str]) -> None:
+    handle, url, _ = offered
+    reply = request(handle, "GET", url, headers=headers)
+    assert reply.status < 500, (reply.status, reply.body[:200])
+
+
+def test_a_release_needing_an_intermediate_version_is_not_offered_yet() -> None:
+    # r3 needs version_code 2 installed first: a device on 1 gets r2, then r3.
+    device = Device("d", None, (), "", None, None, None, None)
+    now = dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc)
+
+    def fake(rid: str, code: int, minimum: int | None) -> Release:
+        fields = {"board": BOARD, "version": str(code), "version_code": code,
+                  "min_version_code": minimum}
+        return Release(rid, Path(rid), b"", b"", fields, Path(rid), 0, None)
+
+    releases = [fake("r2", 2, None), fake("r3", 3, 2), fake("r4", 4, 3)]
+    offered = [newest_release(releases, UpdateQuery(device, BOARD, code, now))
+               for code in (0, 1, 2, 3, 4)]
+    assert [r.id if r else None for r in offered] == ["r2", "r2", "r3", "r4", None]
+
+
+def test_a_release_expires_after_its_last_second(env: Env) -> None:
+    # as on the device: a release is valid up to and including its expiry second
+    device = Device("d", None, (), "", None, None, None, None)
+    when = dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc)
+    fields = {"board": BOARD, "version": "2", "version_code": 2}
+    rel = Release("r2", Path("r2"), b"", b"", fields, Path("r2"), 0, when)
+    assert newest_release([rel], UpdateQuery(device, BOARD, 1, when)) is rel
+    later = when + dt.timedelta(seconds=1)
+    assert newest_release([rel], UpdateQuery(device, BOARD, 1, later)) is None
+
+
+def test_cli_escapes_what_devices_sent(env: Env) -> None:
+    token = env.device()
+    evil = "\x1b[2J\x1b]0;owned\x07\u202e"
+    with env.serve() as handle:
+        body = json.dumps({"state": "failed" + evil, "detail": "bad\r\nfake line" + evil,
+                           "version": "1\x1b[31m"}).encode()
+        assert post_report(handle, token, body).status == 200
+    out = mpota("reports", "--data", str(env.data), cwd=env.tmp).stdout
+    assert "\x1b" not in out and "\u202e" not in out and "\r" not in out
+    assert "failed\\x1b[2J\\x1b]0;owned\\x07\\u202e" in out
+    assert "bad\\r\\nfake line" in out and len(out.splitlines()) == 2
+    listed = mpota("device", "list", "--data", str(env.data), cwd=env.tmp).stdout
+    assert "\x1b" not in listed and "failed\\x1b[2J" in listed

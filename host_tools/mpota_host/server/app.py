@@ -34,7 +34,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from .. import devtls, keys
-from ..errors import MpotaError, ServerError
+from ..errors import MpotaError, ServerError, printable
 from .catalog import Catalog, Policy, Release, UpdateQuery, newest_release
 from .store import (
     BOARD_NAME,
@@ -48,8 +48,8 @@ from .store import (
 )
 from .urls import PayloadUrls, load_secret
 
-__all__ = ["ServerHandle", "UpdateService", "add_device", "list_devices", "remove_device",
-           "reports", "start_server"]
+__all__ = ["Limits", "ServerHandle", "UpdateService", "add_device", "list_devices",
+           "remove_device", "reports", "start_server"]
 
 log = logging.getLogger("mpota.server")
 
@@ -58,6 +58,36 @@ MAX_VERSION_CODE = 0x7FFFFFFF
 _VERSION_CODE = re.compile(r"[0-9]{1,10}")
 _LOOPBACK = ("127.0.0.1", "localhost", "0.0.0.0", "::", "::1", "")
 _START_TIMEOUT = 30.0
+# Request heads: one line or header field, and the number of fields. Devices
+# send a handful of short headers; browsers and proxies stay far below these.
+MAX_LINE = 4096
+MAX_FIELD = 4096
+MAX_HEADERS = 32
+MAX_BODY = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one client may hold of the server, so slow or idle clients cannot starve it.
+
+    Args:
+        idle_timeout: Seconds a connection may go without a complete request:
+            from its TCP accept to the end of the TLS handshake, from then (or
+            from its previous response) to the end of the next request's
+            headers, and to read a request body. Idle and trickling clients are
+            closed after it.
+        max_connections: Connections past the TLS handshake held at once; at
+            the limit a new one closes the oldest connection that is waiting
+            for a request, or is itself closed when all are busy.
+    """
+
+    idle_timeout: float = 30.0
+    max_connections: int = 256
+
+    def __post_init__(self) -> None:
+        if not self.idle_timeout > 0 or self.max_connections < 1:
+            raise ServerError(f"limits must be positive: idle timeout {self.idle_timeout} s, "
+                              f"max connections {self.max_connections}")
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -130,15 +160,17 @@ class UpdateService:
     """
 
     def __init__(self, catalog: Catalog, store: Store, urls: PayloadUrls,
-                 poll_after: int = 3600, policy: Policy = newest_release) -> None:
+                 poll_after: int = 3600, policy: Policy = newest_release,
+                 body_timeout: float = 30.0) -> None:
         self.catalog = catalog
         self.store = store
         self.urls = urls
         self.poll_after = poll_after
         self.policy = policy
+        self.body_timeout = body_timeout
 
     def application(self) -> web.Application:
-        app = web.Application(middlewares=[_json_errors])
+        app = web.Application(middlewares=[_json_errors], client_max_size=MAX_BODY)
         app.router.add_get("/v1/update", self.update)
         app.router.add_get("/v1/payload/{release}", self.payload)  # HEAD as well
         app.router.add_post("/v1/report", self.report)
@@ -196,20 +228,25 @@ class UpdateService:
         device = self._device(request)
         if device is None:
             return _unauthorized()
-        body = await _read_limited(request, MAX_REPORT)
+        try:
+            body = await asyncio.wait_for(_read_limited(request, MAX_REPORT), self.body_timeout)
+        except asyncio.TimeoutError:
+            return _error(408, f"report body not received within {self.body_timeout:g} s")
         if body is None:
             return _error(413, f"report body is larger than {MAX_REPORT} bytes: "
                                "shorten the detail")
         try:
             report = json.loads(body)
+        except RecursionError:
+            return _error(400, "report body is nested too deeply: send one flat JSON object")
         except (ValueError, UnicodeDecodeError) as e:
             return _error(400, f"report body is not JSON: {e}")
         problems = report_problems(report)
         if problems:
             return _error(400, "; ".join(problems))
         self.store.record_report(device.id, report)
-        log.info("device %s reports %s (%s)", device.id, report["state"],
-                 report.get("detail") or "no detail")
+        log.info("device %s reports %s (%s)", device.id, printable(report["state"]),
+                 printable(report.get("detail") or "no detail"))
         return web.json_response({"ok": True})
 
 
@@ -261,12 +298,13 @@ class ServerHandle:
 
 
 class _ServerThread(threading.Thread):
-    """An aiohttp site on its own event loop in a daemon thread."""
+    """An aiohttp server on its own event loop in a daemon thread."""
 
     def __init__(self, app: web.Application, host: str, port: int,
-                 context: ssl.SSLContext) -> None:
+                 context: ssl.SSLContext, limits: Limits) -> None:
         super().__init__(name=f"mpota-serve-{port}", daemon=True)
         self.app, self.host, self.port, self.context = app, host, port, context
+        self.limits = limits
         self.loop = asyncio.new_event_loop()
         self.ready = threading.Event()
         self.error: Exception | None = None
@@ -283,16 +321,28 @@ class _ServerThread(threading.Thread):
             self.loop.close()
 
     async def _serve(self) -> None:
-        runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=2.0)
+        # aiohttp's keep-alive timer starts when a connection is made and again
+        # after each response, and closes the connection if no complete request
+        # head has arrived by then: it is the header-read and the idle timeout.
+        runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=2.0,
+                               keepalive_timeout=self.limits.idle_timeout,
+                               max_line_size=MAX_LINE, max_field_size=MAX_FIELD,
+                               max_headers=MAX_HEADERS)
         await runner.setup()
+        server: asyncio.AbstractServer | None = None
         try:
-            site = web.TCPSite(runner, self.host, self.port, ssl_context=self.context)
-            await site.start()
-            self.port = runner.addresses[0][1]
+            handlers = runner.server
+            assert handlers is not None
+            server = await self.loop.create_server(
+                lambda: _admit(handlers, self.limits.max_connections), self.host, self.port,
+                ssl=self.context, ssl_handshake_timeout=self.limits.idle_timeout)
+            self.port = server.sockets[0].getsockname()[1]
             self._stopping = asyncio.Event()
             self.ready.set()
             await self._stopping.wait()
         finally:
+            if server is not None:
+                server.close()
             await runner.cleanup()
 
     def start_and_wait(self) -> None:
@@ -313,6 +363,35 @@ class _ServerThread(threading.Thread):
             except RuntimeError:
                 log.debug("server loop already closed")  # it stopped by itself meanwhile
         self.join(timeout=10)
+
+
+class _Refused(asyncio.Protocol):
+    """Closes a connection over the limit as soon as its handshake is done."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.close()
+
+
+def _waiting(handler: web.RequestHandler) -> bool:
+    # aiohttp keeps no public flag for "waiting for the next request head";
+    # its pending _waiter future is that state (aiohttp is pinned).
+    waiter = getattr(handler, "_waiter", None)
+    return waiter is not None and not waiter.done()
+
+
+def _admit(handlers: web.Server, max_connections: int) -> asyncio.BaseProtocol:
+    """The protocol for a new connection: aiohttp's, once there is room for it."""
+    live = handlers.connections
+    if len(live) >= max_connections:
+        idle = next((h for h in live if _waiting(h)), None)  # oldest first
+        if idle is None:
+            log.warning("connection refused: %d connections are busy (--max-connections)",
+                        len(live))
+            return _Refused()
+        log.info("closing an idle connection to admit a new one (--max-connections %d)",
+                 max_connections)
+        idle.force_close()
+    return handlers()
 
 
 def _tls_context(cert: Path, key: Path) -> ssl.SSLContext:
@@ -347,7 +426,8 @@ def _pinned_der(cert: Path, data: Path) -> Path:
 
 def start_server(releases: Path, data: Path, host: str = "127.0.0.1", port: int = 0,
                  pubkey: Path | None = None, cert: Path | None = None, key: Path | None = None,
-                 url_ttl: int = 3600, poll_after: int = 3600) -> ServerHandle:
+                 url_ttl: int = 3600, poll_after: int = 3600,
+                 limits: Limits | None = None) -> ServerHandle:
     """Serve ``releases`` over HTTPS from a daemon thread and return once it accepts connections.
 
     Args:
@@ -361,6 +441,7 @@ def start_server(releases: Path, data: Path, host: str = "127.0.0.1", port: int 
         key: The certificate's private key (PEM, unencrypted).
         url_ttl: Seconds a signed payload URL stays valid.
         poll_after: Seconds devices are told to wait before asking again.
+        limits: Timeouts and the connection cap (default: :class:`Limits`).
 
     Returns:
         A handle with the URL, the real port and the CA devices pin; call
@@ -387,8 +468,10 @@ def start_server(releases: Path, data: Path, host: str = "127.0.0.1", port: int 
         cert, key, ca_pem, ca_der = tls.cert, tls.key, tls.ca_pem, tls.ca_der
     else:
         ca_pem, ca_der = cert, _pinned_der(cert, data)
-    service = UpdateService(catalog, store, urls, poll_after)
-    thread = _ServerThread(service.application(), host, port, _tls_context(cert, key))
+    limits = limits or Limits()
+    service = UpdateService(catalog, store, urls, poll_after,
+                            body_timeout=limits.idle_timeout)
+    thread = _ServerThread(service.application(), host, port, _tls_context(cert, key), limits)
     thread.start_and_wait()
     url_host = "localhost" if host in _LOOPBACK else f"[{host}]" if ":" in host else host
     return ServerHandle(f"https://{url_host}:{thread.port}", thread.port, ca_der, ca_pem, data,

@@ -15,7 +15,6 @@ rules can replace :func:`newest_release` without touching the HTTP layer.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import os
 import re
@@ -28,7 +27,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from .. import release
-from ..errors import ReleaseError
+from ..errors import ReleaseError, printable
 from .store import Device
 
 log = logging.getLogger("mpota.server")
@@ -37,7 +36,6 @@ log = logging.getLogger("mpota.server")
 # release in a hidden '.<id>.*' directory before renaming it into place.
 RELEASE_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 _FILES = (release.MANIFEST, release.SIGNATURE, release.PAYLOAD)
-_STAMP = "%Y-%m-%dT%H:%M:%SZ"
 
 
 def valid_release_id(text: str) -> bool:
@@ -69,8 +67,14 @@ class Release:
     def version_code(self) -> int:
         return int(self.fields["version_code"])
 
+    @property
+    def min_version_code(self) -> int:
+        """The version_code a device must run to accept this release (0: any)."""
+        return int(self.fields.get("min_version_code") or 0)
+
     def expired(self, now: dt.datetime) -> bool:
-        return self.expires is not None and now >= self.expires
+        # as on the device: valid up to and including the second it expires
+        return self.expires is not None and now > self.expires
 
 
 @dataclass(frozen=True)
@@ -87,14 +91,17 @@ Policy = Callable[[Sequence[Release], UpdateQuery], Release | None]
 
 
 def newest_release(releases: Sequence[Release], query: UpdateQuery) -> Release | None:
-    """The release with the highest version_code for the device's board, newer than its own.
+    """The release with the highest version_code for the device's board, newer than its own,
+    that the device can install.
 
-    Expired releases are never offered. Ties (two releases with one
-    version_code) go to the greater id, so the answer does not depend on
-    directory order.
+    Expired releases are never offered, nor one whose ``min_version_code`` the
+    device does not run yet (it would refuse it on every poll): such a device
+    gets the newest release it can take, and the next one after installing
+    that. Ties (two releases with one version_code) go to the greater id, so
+    the answer does not depend on directory order.
     """
     candidates = [r for r in releases if r.board == query.board and not r.expired(query.now)
-                  and r.version_code > query.version_code]
+                  and r.min_version_code <= query.version_code < r.version_code]
     return max(candidates, key=lambda r: (r.version_code, r.id), default=None)
 
 
@@ -113,10 +120,7 @@ def load_release(directory: Path, public: ec.EllipticCurvePublicKey | None = Non
     raw, sig, payload = release.read_release(directory)
     if len(raw) > release.MAX_MANIFEST:
         raise ReleaseError(f"manifest is {len(raw)} bytes, devices accept {release.MAX_MANIFEST}")
-    try:
-        fields = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ReleaseError(f"manifest is not valid JSON: {e}") from e
+    fields = release.load_manifest(raw)
     problems = release.schema_problems(fields)
     if problems:
         raise ReleaseError("manifest: " + "; ".join(problems))
@@ -127,12 +131,7 @@ def load_release(directory: Path, public: ec.EllipticCurvePublicKey | None = Non
         raise ReleaseError(f"payload is {size} bytes, manifest says {fields['payload_size']}")
     expires = None
     if fields.get("expires") is not None:
-        try:
-            expires = dt.datetime.strptime(fields["expires"], _STAMP).replace(
-                tzinfo=dt.timezone.utc)
-        except ValueError as e:
-            raise ReleaseError(f"expires {fields['expires']!r} is not "
-                               "YYYY-MM-DDTHH:MM:SSZ") from e
+        expires = release.parse_stamp(fields["expires"])  # schema_problems checked it
     return Release(directory.name, directory, raw, sig, fields, payload, size, expires)
 
 
@@ -196,7 +195,11 @@ class Catalog:
         try:
             loaded = load_release(directory, self.public)
         except (ReleaseError, OSError) as e:
-            log.warning("release %s skipped (%s): %s", release_id, directory, e)
+            log.warning("release %s skipped (%s): %s", release_id, directory, printable(e))
+            return None
+        except Exception as e:  # one odd release must never stop the server
+            log.warning("release %s skipped (%s): %s: %s", release_id, directory,
+                        e.__class__.__name__, printable(e))
             return None
         log.info("release %s loaded: %s version %s (version_code %d)", release_id,
                  loaded.board, loaded.version, loaded.version_code)

@@ -11,9 +11,9 @@ from types import FrameType
 
 import click
 
-from ..errors import UsageError
+from ..errors import UsageError, printable
 from . import store
-from .app import start_server
+from .app import Limits, start_server
 
 _DATA_HELP = "Server data directory: database, URL secret, dev TLS."
 _data_option = click.option(
@@ -41,10 +41,19 @@ _data_option = click.option(
               help="Seconds a signed payload URL stays valid.")
 @click.option("--poll-after", type=click.IntRange(1), default=3600, show_default=True,
               help="Seconds devices are told to wait before asking again.")
+@click.option("--idle-timeout", type=click.FloatRange(0.1), default=Limits.idle_timeout,
+              show_default=True,
+              help="Seconds a client may take for its TLS handshake, for each request's headers "
+              "(from connecting or from the previous response) and for a request body; idle "
+              "and trickling connections are closed after it.")
+@click.option("--max-connections", type=click.IntRange(1), default=Limits.max_connections,
+              show_default=True,
+              help="Connections held at once; at the limit a new one closes the oldest idle "
+              "connection (or is refused when none is idle).")
 @click.option("-v", "--verbose", is_flag=True, help="Log every offer and report.")
 def serve_cmd(releases: Path, data: Path, host: str, port: int, dev: bool, cert: Path | None,
               key: Path | None, pubkey: Path | None, url_ttl: int, poll_after: int,
-              verbose: bool) -> None:
+              idle_timeout: float, max_connections: int, verbose: bool) -> None:
     """Serve signed releases to devices over HTTPS until Ctrl-C."""
     if dev and (cert or key):
         raise UsageError("--dev and --cert/--key exclude each other: give --dev for the local "
@@ -55,15 +64,16 @@ def serve_cmd(releases: Path, data: Path, host: str, port: int, dev: bool, cert:
     if not dev and not (cert and key):
         raise UsageError("mpota serve speaks TLS only: give --dev (a development CA for "
                          "localhost, created in DATA/tls) or --cert FILE --key FILE")
-    logging.basicConfig(format="mpota: %(message)s",
-                        level=logging.INFO if verbose else logging.WARNING)
+    handler = logging.StreamHandler()
+    handler.setFormatter(_PrintableFormatter("mpota: %(message)s"))
+    logging.basicConfig(handlers=[handler], level=logging.INFO if verbose else logging.WARNING)
     stopping = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stopping.set()
 
-    with start_server(releases, data, host, port, pubkey, cert, key, url_ttl,
-                      poll_after) as handle:
+    with start_server(releases, data, host, port, pubkey, cert, key, url_ttl, poll_after,
+                      Limits(idle_timeout, max_connections)) as handle:
         click.echo(f"mpota: serving {len(handle.releases())} releases on "
                    f"https://{host}:{handle.port} (devices pin CA: {handle.ca_der})")
         previous = signal.signal(signal.SIGTERM, on_signal)
@@ -115,9 +125,9 @@ def device_list(data: Path, as_json: bool) -> None:
     click.echo(f"{'device':<20} {'board':<20} {'state':<14} {'version_code':>12}  "
                f"{'last seen':<20} tags")
     for d in devices:
-        click.echo(f"{d['id']:<20} {_text(d['board'] or d['reported_board']):<20} "
+        click.echo(f"{_text(d['id']):<20} {_text(d['board'] or d['reported_board']):<20} "
                    f"{_text(d['state']):<14} {_text(d['version_code']):>12}  "
-                   f"{_text(d['last_seen']):<20} {','.join(d['tags'])}")
+                   f"{_text(d['last_seen']):<20} {_text(','.join(d['tags']))}")
 
 
 @device_group.command("remove")
@@ -140,13 +150,23 @@ def reports_cmd(data: Path, device_id: str | None, as_json: bool) -> None:
         click.echo(json.dumps(rows, indent=2))
         return
     if not rows:
-        click.echo("no reports yet" + (f" from {device_id}" if device_id else ""))
+        click.echo("no reports yet" + (f" from {printable(device_id)}" if device_id else ""))
         return
     click.echo(f"{'time':<20} {'device':<20} {'state':<14} {'version_code':>12}  detail")
     for r in rows:
-        click.echo(f"{r['time']:<20} {r['device']:<20} {r['state']:<14} "
+        click.echo(f"{_text(r['time']):<20} {_text(r['device']):<20} {_text(r['state']):<14} "
                    f"{_text(r['version_code']):>12}  {_text(r['detail'], '')}")
 
 
 def _text(value: object, missing: str = "-") -> str:
-    return missing if value is None else str(value)
+    # Every value here was sent by a device: control characters (ANSI escapes)
+    # are shown escaped, never interpreted by the operator's terminal.
+    return missing if value is None else printable(value)
+
+
+class _PrintableFormatter(logging.Formatter):
+    """Log lines carry device- and file-supplied text: escape it, one line per message
+    (a traceback, the server's own text, keeps its lines)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return printable(super().formatMessage(record))
