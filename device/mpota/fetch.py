@@ -64,7 +64,7 @@ def download(client, url, writer, opts, progress=None, sleep_ms=time.sleep_ms, f
                 while got < pre:
                     n = r.readinto(memoryview(iv)[got:])
                     if not n:
-                        raise TransportError("connection closed before the CBC IV")
+                        raise TransportError("%s closed before the CBC IV" % r.url())
                     got += n
                 writer.set_iv(iv)
                 count -= pre

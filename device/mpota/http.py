@@ -210,12 +210,15 @@ class Client:
             except ValueError as e:
                 raise ConfigError("CA certificate %d of %d is refused by mbedTLS (%s): replace "
                                   "the CA file" % (i + 1, len(self.cas), e))
+        raw = None
         try:
             addr = socket.getaddrinfo(host, port)[0][-1]
             raw = socket.socket()
             raw.settimeout(self.stall_s)
             raw.connect(addr)
-        except OSError as e:
+        except (OSError, IndexError) as e:  # IndexError: the name resolved to no address
+            if raw is not None:
+                raw.close()  # an ESP32 has few sockets: never leave one to the GC
             raise TransportError("cannot connect to %s: %s" % (_hostport(host, port), e))
         try:
             sock = ctx.wrap_socket(raw, server_hostname=host)

@@ -354,3 +354,18 @@ result(download(c, "/payload", {len(PAYLOAD)}))
 """)
     assert out == [["ok", DIGEST]]
     assert proxy.cut_count == 2 and proxy.connections == 3
+
+
+def test_refused_connections_leave_no_socket_open(certs: Certs) -> None:
+    with HandshakeFault("stall") as gone:
+        port = gone.port
+    out = snippet(certs.good.ca_der, f"""
+import gc, os
+gc.disable()  # a socket left to the garbage collector stays open
+before = len(os.listdir("/proc/self/fd"))
+for _ in range(20):
+    last = outcome(get, Client(None, CAS, 1), "https://127.0.0.1:{port}/")
+result(last[:2])
+result(len(os.listdir("/proc/self/fd")) - before)
+""")
+    assert out == [["TransportError", True], 0]
