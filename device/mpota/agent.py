@@ -299,6 +299,7 @@ class Agent:
         self.st.save(last_result={"state": "FAILED", "code": "error", "reason": reason,
                                   "version_code": target})
         self.report("FAILED", "error: " + reason, target)
+        print("mpota: FAILED (error) %s; the update stays %s" % (reason, self.st.name))
 
     # applying
 

@@ -256,3 +256,24 @@ def test_device_without_an_mpota_server_updates_from_a_url(fleet) -> None:
     assert state["installed"]["ota_1"] == {"version": "2.0.0", "version_code": 2,
                                            "security_counter": 0}
     assert otadata_states(board) == ["VALID", "VALID"]
+
+
+def test_an_exception_nobody_foresaw_ends_as_a_result(fleet) -> None:
+    # the application's busy check divides by zero while the agent applies an update
+    fleet.publish("2.0.0", 2)
+    main = POLL.replace("import mpota\n", "import mpota\n@mpota.busy_check\ndef busy():\n"
+                                             "    return 1 / 0\n")
+    board = fleet.device(config=WIFI, main_py=main)
+    records = board.boot(max_boots=2)
+    out = _clean(records)
+    assert story(records) == [("ota_0", "1.0.0", "repl")], out
+    result = [line for line in out.splitlines() if line.startswith("RESULT ")]
+    assert len(result) == 1 and "'error': 'ZeroDivisionError'" in result[0], out
+    assert "'result': 'FAILED'" in result[0], out
+    assert "APP GOES ON" in out
+    state = agent_state(board)
+    assert state["state"] == "STAGED", state  # the verified image still waits for apply()
+    assert state["last_result"]["state"] == "FAILED", state
+    assert "unexpected ZeroDivisionError" in state["last_result"]["reason"], state
+    assert "rejected" not in state
+    assert fleet.states(device_id(board))[-1] == "FAILED"
