@@ -28,6 +28,11 @@ def _split_der(data):
     out = []
     at = 0
     while at < len(data):
+        if not data[at]:
+            # zero padding after the last certificate (some tools add it);
+            # a certificate's own bytes may end in 0x00, so nothing is stripped
+            if data[at:] == bytes(len(data) - at):
+                break
         head, body = _der_length(data, at)
         end = at + head + body
         if end > len(data):
@@ -60,7 +65,7 @@ def certs(data):
     if b"-----BEGIN" in data:
         found = _split_pem(data)
     else:
-        found = _split_der(data.rstrip(b"\x00"))
+        found = _split_der(data)
     if not found:
         raise ValueError("no certificate in it")
     if len(found) > _MAX:
