@@ -28,11 +28,10 @@ def _split_der(data):
     out = []
     at = 0
     while at < len(data):
-        if not data[at]:
-            # zero padding after the last certificate (some tools add it);
-            # a certificate's own bytes may end in 0x00, so nothing is stripped
-            if data[at:] == bytes(len(data) - at):
-                break
+        # zero padding after the last certificate (some tools add it) ends the
+        # file; a certificate's own bytes may end in 0x00, so nothing is stripped
+        if not data[at] and data[at:] == bytes(len(data) - at):
+            break
         head, body = _der_length(data, at)
         end = at + head + body
         if end > len(data):
