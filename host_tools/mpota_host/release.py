@@ -344,9 +344,15 @@ def read_release(directory: Path) -> tuple[bytes, bytes, Path]:
     missing = [n for n in (MANIFEST, SIGNATURE, PAYLOAD) if not (directory / n).is_file()]
     if missing:
         raise ReleaseError(f"{directory} is not a release: missing {', '.join(missing)}")
-    return (directory / MANIFEST).read_bytes(), (directory / SIGNATURE).read_bytes(), (
-        directory / PAYLOAD
-    )
+    try:
+        with (directory / PAYLOAD).open("rb"):
+            pass  # readable: it is hashed later
+        return (directory / MANIFEST).read_bytes(), (directory / SIGNATURE).read_bytes(), (
+            directory / PAYLOAD
+        )
+    except OSError as e:
+        raise ReleaseError(f"cannot read release {directory}: {e.strerror} ({e.filename}): "
+                           "check its permissions") from e
 
 
 def verify_release(

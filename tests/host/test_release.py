@@ -249,3 +249,26 @@ def test_host_and_device_agree_on_the_manifest_fields() -> None:
     assert device_fields == release.FIELDS
     assert f"MAX_DEPTH = {release.MAX_DEPTH}\n" in source
     assert f"MAX_MANIFEST = {release.MAX_MANIFEST}" in source
+
+
+def test_verify_of_an_unreadable_release_is_an_error_not_a_traceback(signed: Path) -> None:
+    if os.geteuid() == 0:
+        pytest.skip("root reads every file")
+    (signed / "rel" / "payload").chmod(0)
+    proc = mpota("verify", "rel", "--pubkey", "keys/signing.pub.pem", cwd=signed, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "cannot read release" in proc.stderr and "permissions" in proc.stderr
+
+
+def test_inspect_and_verify_escape_what_the_manifest_says(signed: Path) -> None:
+    key = keys.load_private(signed / "keys" / "signing.pem")
+    fields = json.loads((signed / "rel" / "manifest.json").read_bytes())
+    fields["notes"] = "\x1b[2J\x1b]0;owned\x07"
+    fields["board"] = "\x1b[31mevil"
+    raw = release.encode_manifest(fields)  # json.dumps escapes them: valid JSON
+    (signed / "rel" / "manifest.json").write_bytes(raw)
+    (signed / "rel" / "manifest.sig").write_bytes(keys.sign(key, raw))
+    shown = mpota("inspect", "rel", cwd=signed).stdout
+    assert "\x1b" not in shown and "\\x1b[2J\\x1b]0;owned\\x07" in shown
+    proc = mpota("verify", "rel", "--pubkey", "keys/signing.pub.pem", cwd=signed, check=False)
+    assert "\x1b" not in proc.stdout + proc.stderr and "\\x1b[31mevil" in proc.stdout

@@ -22,6 +22,7 @@ import logging
 import os
 import re
 import ssl
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -329,13 +330,22 @@ class _ServerThread(threading.Thread):
                                max_line_size=MAX_LINE, max_field_size=MAX_FIELD,
                                max_headers=MAX_HEADERS)
         await runner.setup()
-        server: asyncio.AbstractServer | None = None
+        server: asyncio.Server | None = None
         try:
             handlers = runner.server
             assert handlers is not None
-            server = await self.loop.create_server(
-                lambda: _admit(handlers, self.limits.max_connections), self.host, self.port,
-                ssl=self.context, ssl_handshake_timeout=self.limits.idle_timeout)
+            idle = self.limits.idle_timeout
+
+            def admit() -> asyncio.BaseProtocol:
+                return _admit(handlers, self.limits.max_connections)
+
+            if sys.version_info >= (3, 11):  # also for a client that never answers our goodbye
+                server = await self.loop.create_server(
+                    admit, self.host, self.port, ssl=self.context, ssl_handshake_timeout=idle,
+                    ssl_shutdown_timeout=idle)
+            else:
+                server = await self.loop.create_server(
+                    admit, self.host, self.port, ssl=self.context, ssl_handshake_timeout=idle)
             self.port = server.sockets[0].getsockname()[1]
             self._stopping = asyncio.Event()
             self.ready.set()
@@ -381,16 +391,20 @@ def _waiting(handler: web.RequestHandler) -> bool:
 
 def _admit(handlers: web.Server, max_connections: int) -> asyncio.BaseProtocol:
     """The protocol for a new connection: aiohttp's, once there is room for it."""
-    live = handlers.connections
+    # A closed handler stays listed until its TLS shutdown ends: count the open ones.
+    live = [h for h in handlers.connections if h.transport is not None]
     if len(live) >= max_connections:
         idle = next((h for h in live if _waiting(h)), None)  # oldest first
         if idle is None:
-            log.warning("connection refused: %d connections are busy (--max-connections)",
+            log.warning("connection refused: all %d connections are busy (--max-connections)",
                         len(live))
             return _Refused()
         log.info("closing an idle connection to admit a new one (--max-connections %d)",
                  max_connections)
+        transport = idle.transport
         idle.force_close()
+        if transport is not None:
+            transport.abort()  # no TLS goodbye for a client that sent nothing
     return handlers()
 
 
