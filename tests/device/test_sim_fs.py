@@ -30,7 +30,7 @@ def cut_at(board: SimBoard, n: int, code: str) -> str:
         run = run_device(board, code)
     finally:
         board.cut_power_at(None)
-    return run.ended
+    return str(run.ended)
 
 
 def test_every_file_change_is_a_durable_operation(booted: SimBoard) -> None:

@@ -68,7 +68,8 @@ def _seq_crc(seq: int) -> int:
 def nvs(board: SimBoard) -> dict[str, Any]:
     path = board.sim_dir / "nvs.json"
     data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
-    return data.get("mpota", {})
+    ns: dict[str, Any] = data.get("mpota", {})
+    return ns
 
 
 class Update:
