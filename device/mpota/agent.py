@@ -23,7 +23,7 @@ from mpota.errors import (
 )
 from mpota.http import Client
 from mpota.keys import TrustedKeys
-from mpota.slot import BLOCK, SlotWriter, check_slot
+from mpota.slot import BLOCK, SlotWriter, check_slot, resume_point
 
 _OFFER_LIMIT = const(12288)
 _TARGET = object()  # fail(): the release that failed is the in-progress target
@@ -195,8 +195,8 @@ class Agent:
             self.fail(err, "release refused before anything was written", claimed)
             raise err
         resume = self.st.name == state.DOWNLOADING and \
-            self.st.get("target", {}).get("sha256") == m.sha256
-        written = self.st.get("written", 0) if resume else 0
+            (self.st.get("target") or {}).get("sha256") == m.sha256
+        written = resume_point(self.st.get("written", 0), m.payload_size) if resume else 0
         self.st.save(state=state.DOWNLOADING, written=written, target={
             "slot": self.hw.label(target), "version": m.version, "version_code": m.version_code,
             "security_counter": m.security_counter, "sha256": m.sha256, "size": m.size,

@@ -12,6 +12,14 @@ from mpota.errors import ImageError, SlotTooSmall, StateError, TransportError
 BLOCK = const(4096)
 
 
+def resume_point(offset, total):
+    """Where a download saved at offset continues: the last whole block at or
+    below it; 0 for an offset outside the payload (a state file from elsewhere)."""
+    if type(offset) is not int or offset < 0 or offset > total:
+        return 0
+    return offset - offset % BLOCK
+
+
 class SlotWriter:
     """Payload bytes in, image on flash.  With key (an encrypted release) the
     payload is AES-256-CBC ciphertext, decrypted block by block in place;
@@ -52,9 +60,7 @@ class SlotWriter:
         read-back): that block is downloaded again.  An offset outside the
         payload (a state file from elsewhere) starts again from 0.  The blocks
         kept are hashed again (a hash object cannot be saved across a reset)."""
-        if type(offset) is not int or offset < 0 or offset > self.total:
-            offset = 0
-        offset -= offset % BLOCK
+        offset = resume_point(offset, self.total)
         self.sha = hashlib.sha256()
         if self.key:
             # past byte 0 the IV is the ciphertext block just before offset
