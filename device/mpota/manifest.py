@@ -149,7 +149,7 @@ def _key(raw, i, keys):
     if i >= len(raw) or raw[i] != 34:
         raise ValueError("expected a quoted key at byte %d" % i)
     j = _string(raw, i)
-    name = json.loads(raw[i:j]) if 92 in raw[i:j] else raw[i + 1 : j - 1].decode()
+    name = json.loads(raw[i:j]) if raw.find(b"\\", i, j) >= 0 else raw[i + 1 : j - 1].decode()
     if name in keys:
         raise ValueError("key %r appears twice in one object" % name)
     keys.append(name)
@@ -192,7 +192,7 @@ def syntax(raw):
             i = j
         elif c in b"tfn":
             for word in (b"true", b"false", b"null"):
-                if raw[i : i + len(word)] == word:
+                if raw.startswith(word, i):
                     i += len(word)
                     break
             else:
