@@ -640,6 +640,7 @@ def test_a_deeply_nested_report_is_400(env: Env, body: bytes) -> None:
     {"Range": "bytes=99999999999999999999999999-"}, {"Range": "bytes=-0"}, {"Range": "lines=1-2"},
     {"If-Range": "garbage"}, {"If-Modified-Since": "not a date"},
     {"If-Unmodified-Since": "Mon, 99 Foo 99999 99:99:99 GMT"}, {"Accept-Encoding": "gzip;q=x"},
+    {"X-Long": "a" * 5000}, {f"X-Many-{i}": "x" for i in range(40)},
 ])
 def test_odd_request_headers_never_make_a_500(offered: tuple[ServerHandle, str, bytes],
                                               headers: dict[str, str]) -> None:
