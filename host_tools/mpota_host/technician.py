@@ -193,14 +193,18 @@ def board_status(link: BoardLink) -> dict[str, Any]:
 
 @dataclass
 class ProvisionConfig:
-    """What `mpota provision --config FILE` reads (JSON)."""
+    """What `mpota provision --config FILE` reads (JSON).
 
-    server: str
-    device_id: str
-    token: str
+    ``server``, ``device_id`` and ``token`` go together: without them the board
+    updates only from release URLs (``mpota.update(URL)``, ``trigger --release-url``,
+    ``push``)."""
+
     board: str
     ca: Path
     trusted_keys: list[Path]
+    server: str | None = None
+    device_id: str | None = None
+    token: str | None = None
     version: str = "0"
     version_code: int = 0
     chip_id: int = 0
@@ -221,9 +225,9 @@ class ProvisionConfig:
             return (base / p) if not Path(p).is_absolute() else Path(p)
 
         try:
-            return cls(
-                server=data["server"], device_id=data["device_id"], token=data["token"],
-                board=data["board"], ca=rel(data["ca"]),
+            config = cls(
+                server=data.get("server"), device_id=data.get("device_id"),
+                token=data.get("token"), board=data["board"], ca=rel(data["ca"]),
                 trusted_keys=[rel(k) for k in data["trusted_keys"]],
                 version=data.get("version", "0"), version_code=data.get("version_code", 0),
                 chip_id=data.get("chip_id", 0), wifi=data.get("wifi"),
@@ -233,35 +237,51 @@ class ProvisionConfig:
         except (KeyError, TypeError) as e:
             raise MpotaError(f"{path}: missing or wrong field {e}; see README 'For field "
                              "technicians' for the format") from e
+        given = [name for name in ("server", "device_id", "token") if data.get(name)]
+        if given and len(given) != 3:
+            missing = sorted({"server", "device_id", "token"} - set(given))
+            raise MpotaError(f"{path}: {', '.join(given)} given without {', '.join(missing)}: "
+                             "an mpota server needs all three (or none, for release URLs only)")
+        return config
 
     def device_files(self) -> dict[str, bytes]:
         """The files the board's filesystem gets (paths on the board)."""
-        files = {"mpota-ca.der": _der(self.ca)}
+        ca_name, ca_bytes = _ca_file(self.ca)
+        files = {ca_name: ca_bytes}
         names = []
         for i, key in enumerate(self.trusted_keys):
             name = f"mpota-key{i}.pub.pem"
             files[name] = key.read_bytes()
             names.append(name)
         cfg: dict[str, Any] = {
-            "server": self.server, "ca": "mpota-ca.der", "device_id": self.device_id,
-            "token": self.token, "board": self.board, "chip_id": self.chip_id,
+            "ca": ca_name, "board": self.board, "chip_id": self.chip_id,
             "version": self.version, "version_code": self.version_code,
             "trusted_keys": names, "policy": self.policy, "health": self.health,
         }
+        if self.server:
+            cfg.update(server=self.server, device_id=self.device_id, token=self.token)
         if self.wifi:
             cfg["wifi"] = self.wifi
         files["mpota.json"] = json.dumps(cfg, indent=1, sort_keys=True).encode()
         return files
 
 
-def _der(path: Path) -> bytes:
-    data = path.read_bytes()
-    if data.startswith(b"-----BEGIN"):
-        from cryptography import x509
-        from cryptography.hazmat.primitives import serialization
+def _ca_file(path: Path) -> tuple[str, bytes]:
+    """(name on the board, bytes) of the CA file: PEM (one CA or a bundle) or DER,
+    checked here so a damaged file is named before anything is written."""
+    from cryptography import x509
 
-        return x509.load_pem_x509_certificate(data).public_bytes(serialization.Encoding.DER)
-    return data
+    try:
+        data = path.read_bytes()
+        if b"-----BEGIN" in data:
+            if not 1 <= len(x509.load_pem_x509_certificates(data)) <= 8:
+                raise ValueError("the agent takes 1 to 8 CA certificates")
+            return "mpota-ca.pem", data
+        x509.load_der_x509_certificate(data)
+        return "mpota-ca.der", data
+    except (OSError, ValueError) as e:
+        raise MpotaError(f"CA file {path}: {e}; give the CA certificate your server's "
+                         "certificate chains to, as PEM (one or a bundle) or DER") from e
 
 
 def mpy_cross_version() -> tuple[int, int]:

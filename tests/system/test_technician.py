@@ -96,7 +96,8 @@ def test_provision_is_idempotent_and_installs_keys(fleet: Fleet, serial) -> None
     info = status(s.port)
     assert info["agent"] == "0.1.0" and info["version_code"] == 1 and info["state"] == "IDLE"
     cfg = json.loads((board.fs / "mpota.json").read_text())
-    assert cfg["device_id"] == "field-1" and (board.fs / "mpota-ca.der").read_bytes()[:1] == b"0"
+    assert cfg["device_id"] == "field-1" and cfg["ca"] == "mpota-ca.pem"
+    assert (board.fs / "mpota-ca.pem").read_bytes() == fleet.server.ca_pem.read_bytes()
     assert "enc_key" in json.loads((board.sim_dir / "nvs.json").read_text())["mpota"]
 
 
