@@ -64,24 +64,30 @@ def resolve(board: str | Path) -> Path:
 def load(board: str | Path) -> Board:
     """Load and check a board definition."""
     directory = resolve(board)
+    where = directory / "board.json"
     try:
-        meta = json.loads((directory / "board.json").read_text())
-    except json.JSONDecodeError as e:
-        raise BoardError(f"{directory / 'board.json'} is not valid JSON: {e}") from e
+        meta = json.loads(where.read_text())
+    except (OSError, ValueError, RecursionError) as e:
+        raise BoardError(f"{where} cannot be read as JSON: {e}") from e
+    if not isinstance(meta, dict):
+        raise BoardError(f"{where} must hold a JSON object")
     missing = [k for k in REQUIRED if k not in meta]
     if missing:
-        raise BoardError(f"{directory / 'board.json'} lacks {', '.join(missing)}")
-    csv_path = directory / meta.get("partition_table", "partitions.csv")
-    parts = partition_table.load_csv(csv_path, int(meta["flash_size"]))
-    result = Board(
-        name=str(meta["name"]),
-        chip=str(meta["chip"]),
-        chip_id=int(meta["chip_id"]),
-        flash_size=int(meta["flash_size"]),
-        slots=tuple(meta["slots"]),
-        partitions=tuple(parts),
-        directory=directory,
-    )
+        raise BoardError(f"{where} lacks {', '.join(missing)}")
+    try:
+        csv_path = directory / str(meta.get("partition_table", "partitions.csv"))
+        parts = partition_table.load_csv(csv_path, int(meta["flash_size"]))
+        result = Board(
+            name=str(meta["name"]),
+            chip=str(meta["chip"]),
+            chip_id=int(meta["chip_id"]),
+            flash_size=int(meta["flash_size"]),
+            slots=tuple(str(slot) for slot in meta["slots"]),
+            partitions=tuple(parts),
+            directory=directory,
+        )
+    except (TypeError, ValueError) as e:
+        raise BoardError(f"{where}: a field has the wrong type or value ({e})") from e
     for slot in result.slots:
         if not result.partition(slot).is_ota_slot:
             raise BoardError(f"board {result.name}: slot {slot} is not an OTA app partition")

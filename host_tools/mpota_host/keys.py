@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import (
@@ -103,7 +103,7 @@ def load_private(path: Path, passphrase: bytes | None = None) -> ec.EllipticCurv
                 f"{path} is encrypted: give its passphrase in ${PASSPHRASE_ENV}"
             ) from e
         raise KeyFileError(f"{path} is not encrypted, but a passphrase was given") from e
-    except ValueError as e:
+    except (ValueError, UnsupportedAlgorithm) as e:
         raise KeyFileError(
             f"cannot load {path}: wrong passphrase or not a PEM private key ({e})"
         ) from e
@@ -122,7 +122,7 @@ def load_public(path: Path) -> ec.EllipticCurvePublicKey:
         if b"PRIVATE KEY" in data:
             return load_private(path).public_key()
         key = serialization.load_pem_public_key(data)
-    except ValueError as e:
+    except (ValueError, UnsupportedAlgorithm) as e:
         raise KeyFileError(f"{path} is not a PEM public key ({e})") from e
     if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
         raise KeyFileError(f"{path} is not an ECDSA P-256 public key")

@@ -62,3 +62,15 @@ def test_a_ca_file_that_is_not_a_certificate_is_named(tmp_path: Path, pki: Any) 
                    trusted_keys=[str(pair.public)])
     with pytest.raises(MpotaError, match=r"CA file .*ca.der"):
         ProvisionConfig.load(path).device_files()
+
+
+def test_a_damaged_board_definition_is_a_board_error(tmp_path: Path) -> None:
+    from mpota_host import board
+
+    for text in ("[1, 2]", "[" * 100000, '{"name": "x", "chip": "esp32", "chip_id": "zero", '
+                 '"flash_size": 4194304, "slots": ["ota_0"]}'):
+        folder = tmp_path / f"b{len(text)}"
+        folder.mkdir()
+        (folder / "board.json").write_text(text)
+        with pytest.raises(MpotaError):  # a BoardError, or the partition table's own error
+            board.load(folder)
