@@ -200,8 +200,6 @@ class Agent:
         self.st.save(state=state.DOWNLOADING, written=written, target={
             "slot": self.hw.label(target), "version": m.version, "version_code": m.version_code,
             "security_counter": m.security_counter, "sha256": m.sha256, "size": m.size,
-            "manifest": binascii.b2a_base64(raw).decode().strip(),
-            "signature": binascii.b2a_base64(sig).decode().strip(),
             "url": url, "source": source or url})
         installed = dict(self.st.get("installed", {}))
         installed.pop(self.hw.label(target), None)  # the old contents are going away

@@ -40,6 +40,7 @@ class State:
     def save(self, **changes):
         self.data.update(changes)
         tmp = self.path + ".tmp"
+        text = json.dumps(self.data)  # one write: json.dump writes token by token
         with open(tmp, "w") as f:
-            json.dump(self.data, f)
+            f.write(text)
         os.rename(tmp, self.path)
