@@ -1,137 +1,73 @@
-# One base error for the device agent and one subclass per failure a user
-# (or the server reading a report) must tell apart.  Messages say what was
-# expected, what was seen, and what to do.
+# Few classes, one `code` each failure names: a class tells the agent what to
+# do (retry, reject the release, refuse the request); the code tells the
+# user and the server which failure it was.  Messages stay short on the
+# device; the host tools explain codes at length.
+#
+#   ManifestError codes: manifest-too-large bad-signature unknown-key
+#     bad-manifest wrong-board wrong-chip downgrade security-counter expired
+#     too-large
+#   DecryptionError codes: no-decryption-key not-a-recipient key-unwrap
+#   ConfigError codes: config, bad-key (a trusted key cannot be read)
 
 
 class OTAError(Exception):
-    code = "ota-error"
+    code = "error"
     # True when trying the same thing again later may succeed (a dropped or
     # stalled connection, a 5xx); False for a refusal that will not change.
     retryable = False
 
+    def __init__(self, message, code=None):
+        super().__init__(message)
+        if code:
+            self.code = code
+
 
 class ManifestError(OTAError):
-    """The release's manifest was refused; nothing was written."""
-
-    code = "manifest"
-
-
-class ManifestTooLarge(ManifestError):
-    code = "manifest-too-large"
-
-
-class SignatureError(ManifestError):
-    code = "bad-signature"
-
-
-class UnknownKeyError(ManifestError):
-    code = "unknown-key"
-
-
-class ManifestFormatError(ManifestError):
+    # the release's manifest was refused; nothing was written
     code = "bad-manifest"
 
 
-class BoardMismatch(ManifestError):
-    code = "wrong-board"
-
-
-class ChipMismatch(ManifestError):
-    code = "wrong-chip"
-
-
-class RollbackError(ManifestError):
-    """version_code not newer than the running firmware (downgrade)."""
-
-    code = "downgrade"
-
-
-class SecurityCounterError(ManifestError):
-    code = "security-counter"
-
-
-class ExpiredError(ManifestError):
-    code = "expired"
-
-
-class SlotTooSmall(ManifestError):
-    code = "too-large"
-
-
-class TrustedKeyError(OTAError):
-    """A trusted key could not be read from the configuration."""
-
-    code = "bad-key"
-
-
 class ConfigError(OTAError):
-    """The device configuration (mpota.json, NVS credentials) is missing or wrong."""
-
+    # mpota.json, a key file, the CA file or NVS credentials missing or wrong
     code = "config"
 
 
 class DownloadError(OTAError):
-    """A permanent refusal while talking to the server: an HTTP error status,
-    a response the agent does not accept (chunked, compressed, wrong range or
-    size), a redirect it must not follow.  The update ends FAILED."""
-
+    # a permanent refusal from or about the server (HTTP error status, a
+    # response the agent does not accept, a redirect it must not follow)
     code = "download"
 
-    def __init__(self, message, status=None):
-        super().__init__(message)
+    def __init__(self, message, status=None, code=None):
+        super().__init__(message, code)
         self.status = status
 
 
 class TransportError(DownloadError):
-    """The connection failed, dropped or stalled, or the server had a passing
-    fault (5xx): retried with backoff, and resumed later when retries run out."""
-
+    # dropped, stalled or refused connection, or a 5xx: retried, then resumed
     code = "transport"
     retryable = True
 
 
 class TLSError(DownloadError):
-    """The server's certificate is not signed by the pinned CA or names another
-    host: permanent, never retried (a handshake cut short is a TransportError)."""
-
+    # certificate not signed by the pinned CA or for another host: permanent
     code = "tls"
 
 
 class ImageError(OTAError):
-    """The written image does not match the signed manifest."""
-
+    # the written image does not match the signed manifest
     code = "image"
 
 
 class StateError(OTAError):
-    """The request does not fit the agent's current state."""
-
+    # the request does not fit the agent's current state
     code = "state"
 
 
 class BusyError(OTAError):
-    """The application said it is busy: the agent will not reboot now."""
-
+    # the application is busy, or the policy says not now: no reboot
     code = "busy"
 
 
-class HealthCheckError(OTAError):
-    code = "health"
-
-
 class DecryptionError(OTAError):
-    """An encrypted release cannot be decrypted by this device."""
-
+    # an encrypted release this device cannot decrypt
     code = "decrypt"
-
-
-class NoDecryptionKey(DecryptionError):
-    code = "no-decryption-key"
-
-
-class NotARecipient(DecryptionError):
-    code = "not-a-recipient"
-
-
-class KeyUnwrapError(DecryptionError):
-    code = "key-unwrap"
