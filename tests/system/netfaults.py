@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import http.server
-import io
 import socket
 import ssl
 import threading
@@ -166,11 +165,14 @@ class RedirectingHTTPS(StaticHTTPS):
 
 @dataclass
 class Request:
-    """One request as the scripted server read it (header names lower-case)."""
+    """One request as the scripted server read it (header names lower-case);
+    recvs: how many TLS reads its bytes took (1: it was sent in one write)."""
 
     method: str
     path: str
     headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+    recvs: int = 1
 
 
 Reply = tuple[bytes, bool]  # the raw response, and whether to close the connection after it
@@ -187,24 +189,63 @@ def reply(status: int, body: bytes = b"", headers: tuple[tuple[str, str], ...] =
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body, close
 
 
-def ranged(payload: bytes, request: Request) -> Reply:
-    """payload answered as a static file server with Range support does."""
+def ranged(payload: bytes, request: Request, keep: int | None = None) -> Reply:
+    """payload answered as a static file server with Range support does; with
+    keep, only the first keep bytes of the body are sent before the
+    connection closes (a drop in the middle of the body)."""
     spec = request.headers.get("range", "")
-    if not spec.startswith("bytes="):
-        return reply(200, payload)
-    first_text, _, last_text = spec[6:].partition("-")
-    first = int(first_text)
-    last = min(int(last_text) if last_text else len(payload) - 1, len(payload) - 1)
-    return reply(206, payload[first:last + 1],
-                 (("Content-Range", f"bytes {first}-{last}/{len(payload)}"),))
+    first, last = 0, len(payload) - 1
+    headers: tuple[tuple[str, str], ...] = ()
+    status = 200
+    if spec.startswith("bytes="):
+        first_text, _, last_text = spec[6:].partition("-")
+        first = int(first_text)
+        last = min(int(last_text) if last_text else last, last)
+        status, headers = 206, (("Content-Range", f"bytes {first}-{last}/{len(payload)}"),)
+    body = payload[first:last + 1]
+    if keep is None:
+        return reply(status, body, headers)
+    raw, _ = reply(status, body, headers)
+    return raw[:len(raw) - len(body) + keep], True
+
+
+class _Reader:
+    """Lines and bytes from a TLS socket, counting the reads (each returns
+    at most one TLS record)."""
+
+    def __init__(self, sock: ssl.SSLSocket) -> None:
+        self.sock = sock
+        self.buf = b""
+        self.recvs = 0
+
+    def _more(self) -> bool:
+        data = self.sock.recv(65536)
+        self.recvs += 1
+        self.buf += data
+        return bool(data)
+
+    def readline(self) -> bytes:
+        while b"\n" not in self.buf and self._more():
+            pass
+        end = self.buf.find(b"\n") + 1 or len(self.buf)
+        line, self.buf = self.buf[:end], self.buf[end:]
+        return line
+
+    def read(self, n: int) -> bytes:
+        while len(self.buf) < n and self._more():
+            pass
+        data, self.buf = self.buf[:n], self.buf[n:]
+        return data
 
 
 class ScriptedHTTPS:
     """HTTPS on 127.0.0.1 with keep-alive, answering each request with
-    route(request); counts completed TLS handshakes and records requests."""
+    route(request); counts completed TLS handshakes and records requests.
+    Set refusing to close new connections at once (a server gone away)."""
 
     def __init__(self, cert: Path, key: Path, route: Callable[[Request], Reply]) -> None:
         self.route = route
+        self.refusing = False
         self.handshakes = 0
         self.requests: list[Request] = []
         self._ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -226,6 +267,9 @@ class ScriptedHTTPS:
                 conn, _ = self._listener.accept()
             except OSError:
                 return  # closed
+            if self.refusing:
+                conn.close()
+                continue
             with self._lock:
                 self._open.append(conn)
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
@@ -236,8 +280,8 @@ class ScriptedHTTPS:
                 with self._lock:
                     self.handshakes += 1
                     self._open.append(tls)  # the wrapped socket now owns the connection
-                stream = tls.makefile("rb")
-                while (request := self._read(stream)) is not None:
+                reader = _Reader(tls)
+                while (request := self._read(reader)) is not None:
                     with self._lock:
                         self.requests.append(request)
                     raw, close = self.route(request)
@@ -249,17 +293,18 @@ class ScriptedHTTPS:
             return  # the client went away or the test closed the server
 
     @staticmethod
-    def _read(stream: io.BufferedIOBase) -> Request | None:
-        first = stream.readline(65536).decode()
+    def _read(reader: _Reader) -> Request | None:
+        reader.recvs = 0
+        first = reader.readline().decode()
         if not first.strip():
             return None
         method, path, _ = first.split(" ", 2)
         headers: dict[str, str] = {}
-        while (line := stream.readline(65536).decode()).strip():
+        while (line := reader.readline().decode()).strip():
             name, _, value = line.partition(":")
             headers[name.strip().lower()] = value.strip()
-        stream.read(int(headers.get("content-length", "0")))
-        return Request(method, path, headers)
+        body = reader.read(int(headers.get("content-length", "0")))
+        return Request(method, path, headers, body, reader.recvs)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):  # wakes the accepting thread (Linux)
