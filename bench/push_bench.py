@@ -7,7 +7,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mpota_host import keys, release, technician
+from mpota_host import devtls, keys, release, technician
 from mpota_host.firmware import write_image
 from mpota_host.sim.harness import SimBoard
 from mpota_host.sim.runner import REPO_DIR
@@ -29,12 +29,13 @@ def run() -> str:
         release.make_release(fw2, rel, "esp32-generic-4mb", "2.0.0", 2,
                              keys.load_private(pair.private))
         board = SimBoard.create(BOARD, fw1, work / "b.flash")
-        config = {"server": "https://localhost:9", "ca": "ca.der", "device_id": "bench",
-                  "token": "x", "board": "esp32-generic-4mb", "version": "1.0.0",
+        # no server: a push needs none (server, device_id and token are optional together)
+        ca_der = devtls.ensure(work / "tls").ca_der.read_bytes()
+        config = {"ca": "ca.der", "board": "esp32-generic-4mb", "version": "1.0.0",
                   "version_code": 1, "trusted_keys": ["signing.pub.pem"],
                   "health": {"server": False, "network": False}}
-        board.install_agent(config, {"ca.der": b"0", "signing.pub.pem": pair.public.read_bytes()},
-                            main_py="")
+        board.install_agent(config, {"ca.der": ca_der,
+                                     "signing.pub.pem": pair.public.read_bytes()}, main_py="")
         print(f"push: {SIZE // 1024} KiB over a {BAUD} baud simulated serial line...", flush=True)
         with SerialBoard(board, baud=BAUD) as serial:
             time.sleep(0.5)

@@ -10,6 +10,7 @@
 # device code then finds its budget free, in one piece, as on a fresh board.
 # Before any device code runs, simfs gives the board's filesystem LittleFS's
 # behaviour across power cuts (open() and os are wrapped; see simfs).
+# MPOTA_SIM_TRACE=FILE turns on the benchmarks' event counters (simtrace).
 import gc
 import os
 import sys
@@ -78,6 +79,11 @@ def main():
     sys.argv.pop(0)
     board = simboard.board()
     simfs.install(board.sim_dir)  # LittleFS's power-cut behaviour, before any device code
+    trace = os.getenv("MPOTA_SIM_TRACE")
+    if trace:
+        import simtrace
+
+        simtrace.install(trace)
     if target.endswith(".py"):
         os.chdir(board.sim_dir + "/fs")
         sys.path[:] = ["", "lib"] + sys.path
