@@ -3,16 +3,15 @@
 # release's ephemeral key, HKDF-SHA256 to a key-encryption key, then AES key
 # unwrap (RFC 3394), whose integrity check catches a wrong key or an altered
 # wrapped key.  MicroPython has no hmac module, so HMAC is built here.
+#
+#   key = content_key(fields["encryption"], nvs)   # DecryptionError with a code
 import binascii
 import hashlib
 
 import cryptolib
 
 from mpota import p256
-from mpota.errors import KeyUnwrapError, NotARecipient
-
-INFO = b"mpota-ecies-p256-hkdf-sha256-aeskw-v1"
-_A6 = b"\xa6" * 8
+from mpota.errors import DecryptionError
 
 
 def hmac_sha256(key, msg):
@@ -26,16 +25,9 @@ def hmac_sha256(key, msg):
     return outer.digest()
 
 
-def hkdf_sha256(ikm, salt, info, length=32):
-    prk = hmac_sha256(salt, ikm)
-    out = b""
-    block = b""
-    counter = 1
-    while len(out) < length:
-        block = hmac_sha256(prk, block + info + bytes([counter]))
-        out += block
-        counter += 1
-    return out[:length]
+def hkdf_sha256(ikm, salt, info):
+    """32 bytes of HKDF-SHA256 (one output block is all a key needs)."""
+    return hmac_sha256(hmac_sha256(salt, ikm), info + b"\x01")
 
 
 def ecdh(d, q):
@@ -64,37 +56,34 @@ def aes_key_unwrap(kek, wrapped):
             aes.decrypt(block, out)
             a[:] = out[:8]
             r[i - 1][:] = out[8:]
-    if bytes(a) != _A6:
+    if a != b"\xa6" * 8:
         return None
     return b"".join(bytes(x) for x in r)
 
 
-def unwrap(d, public, recipient):
-    """The 32-byte content key from one recipient entry of a manifest."""
-    epk = binascii.unhexlify(recipient["epk"])
-    q = p256.decode_point(epk)
-    if q is None:
-        raise KeyUnwrapError("the release's ephemeral key is not a P-256 point: "
-                             "the encryption header was altered")
-    shared = ecdh(d, q)
-    if shared is None:
-        raise KeyUnwrapError("ECDH gave the point at infinity: invalid ephemeral key")
-    kek = hkdf_sha256(shared, epk, INFO + public)
-    key = aes_key_unwrap(kek, binascii.unhexlify(recipient["wrapped_key"]))
-    if key is None or len(key) != 32:
-        raise KeyUnwrapError("the content key does not unwrap with this device's key %s: "
-                             "the wrapped key was altered or made for another key"
-                             % recipient["key_id"])
-    return key
-
-
 def content_key(enc, nvs):
-    """The content key of a manifest's encryption header for this device."""
-    from mpota import enckey
-
-    d, public, kid = enckey.load(nvs)
-    for recipient in enc["recipients"]:
-        if recipient["key_id"] == kid:
-            return unwrap(d, public, recipient)
-    raise NotARecipient("the release is encrypted for key(s) %s; this device's key is %s"
-                        % (", ".join(r["key_id"] for r in enc["recipients"]), kid))
+    """The 32-byte content key of a manifest's (checked) encryption header,
+    unwrapped with this device's key: the P-256 scalar in NVS mpota/enc_key
+    and its public point in mpota/enc_pub (see mpota.enckey)."""
+    buf = bytearray(65)
+    try:
+        d = int.from_bytes(buf[:nvs.get_blob("enc_key", buf)], "big")
+        public = bytes(buf[:nvs.get_blob("enc_pub", buf)])
+    except OSError:
+        raise DecryptionError("no decryption key in NVS", "no-decryption-key")
+    kid = binascii.hexlify(hashlib.sha256(public).digest()[:8]).decode()  # keys.key_id
+    for r in enc["recipients"]:
+        if r["key_id"] == kid:
+            break
+    else:
+        raise DecryptionError("key %s not among %s" % (
+            kid, ",".join(r["key_id"] for r in enc["recipients"])), "not-a-recipient")
+    epk = binascii.unhexlify(r["epk"])
+    q = p256.decode_point(epk)
+    shared = None if q is None else ecdh(d, q)
+    key = None if shared is None else aes_key_unwrap(
+        hkdf_sha256(shared, epk, b"mpota-ecies-p256-hkdf-sha256-aeskw-v1" + public),
+        binascii.unhexlify(r["wrapped_key"]))
+    if key is None or len(key) != 32:
+        raise DecryptionError("key %s does not unwrap" % kid, "key-unwrap")
+    return key

@@ -2,16 +2,15 @@
 # with its public point (mpota/enc_pub).  It is installed by provisioning
 # (a fleet key) or generated here from os.urandom (a device-unique key, of
 # which only the public half ever leaves the board).  The private key is
-# never printed, reported or put in an error message.
+# never printed, reported or put in an error message.  mpota.ecies reads it
+# when a release is decrypted.
 import os
 
 from mpota import keys, p256
-from mpota.errors import NoDecryptionKey
 
 
 def _public_bytes(d):
-    x, y = p256.to_affine(p256.mul_add(d, 0, (p256.GX, p256.GY)))
-    return b"\x04" + x.to_bytes(32, "big") + y.to_bytes(32, "big")
+    return keys.point_bytes(p256.to_affine(p256.mul_add(d, 0, (p256.GX, p256.GY))))
 
 
 def install(nvs, private):
@@ -35,17 +34,3 @@ def generate(nvs):
             break
     install(nvs, private)
     return _public_bytes(d)
-
-
-def load(nvs):
-    """(private scalar, public point bytes, key id); NoDecryptionKey if none."""
-    buf = bytearray(65)
-    try:
-        n = nvs.get_blob("enc_key", buf)
-        d = int.from_bytes(buf[:n], "big")
-        n = nvs.get_blob("enc_pub", buf)
-        public = bytes(buf[:n])
-    except OSError:
-        raise NoDecryptionKey("this release is encrypted and this device has no decryption "
-                              "key (NVS mpota/enc_key): provision one")
-    return d, public, keys.key_id(public)

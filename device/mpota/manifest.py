@@ -1,28 +1,16 @@
-# Release manifests: authenticate the exact bytes received, then parse, then
-# decide whether this device may install the release.  No I/O here: the
-# caller passes the bytes, the keys and the device's facts.
+# Release manifests, after their signature is checked (mpota.verify does
+# that first): strict JSON syntax, the field table, and whether this device
+# may install the release.  No I/O here.  Messages are short and name the
+# value seen; the host's `mpota verify` explains at length.
 #
-#   m = check(raw, sig, keys, facts)   # raises a ManifestError subclass
-import hashlib
+#   fields = parse(raw, signer_key_id)   # ManifestError "bad-manifest"
+#   judge(fields, facts)                 # ManifestError with its code
 import json
 
-from mpota import p256
-from mpota.errors import (
-    BoardMismatch,
-    ChipMismatch,
-    ExpiredError,
-    ManifestFormatError,
-    ManifestTooLarge,
-    RollbackError,
-    SecurityCounterError,
-    SignatureError,
-    SlotTooSmall,
-    UnknownKeyError,
-)
+from mpota.errors import ManifestError
 
 MAX_MANIFEST = 4096
 FORMAT = 1
-_HEX = "0123456789abcdef"
 
 # name: (type, required, low, high): the value's range for an int, its length
 # for a str.  The host's release.FIELDS is the same table (a test keeps them equal).
@@ -48,48 +36,26 @@ _FIELDS = {
 MAX_DEPTH = 8
 
 
-class Facts:
-    """What the device knows about itself when it judges a release."""
-
-    def __init__(self, board, chip_id, version_code, security_floor, slot_size, now=None):
-        self.board = board
-        self.chip_id = chip_id
-        self.version_code = version_code
-        self.security_floor = security_floor
-        self.slot_size = slot_size
-        self.now = now  # seconds since 1970 UTC, or None when the clock is not trusted
-
-
-class Manifest:
-    def __init__(self, fields, key_id):
-        self.fields = fields
-        self.signed_by = key_id
-
-    def __getattr__(self, name):
-        try:
-            return self.fields[name]
-        except KeyError:
-            raise AttributeError(name)
+def _bad(text, code="bad-manifest"):
+    return ManifestError(text, code)
 
 
 # Strict JSON (RFC 8259) in printable ASCII, checked before json.loads: the
 # unix/ESP32 json module accepts missing commas and colons, trailing commas,
 # leading zeros, raw control characters and bytes after the object, and the
 # host's verify must reach the same verdict as the device on every manifest.
-_WS = b" \t\n\r"
-_ESCAPES = b'"\\/bfnrt'
-_HEXDIGITS = b"0123456789abcdefABCDEF"
+# Faults are ValueError("<what> at <byte offset>").
 
 
 def _ws(raw, i):
     n = len(raw)
-    while i < n and raw[i] in _WS:
+    while i < n and raw[i] in b" \t\n\r":
         i += 1
     return i
 
 
 def _string(raw, i):
-    """raw[i] is '"': the index after the closing quote."""
+    # raw[i] is '"': the index after the closing quote
     n = len(raw)
     i += 1
     while i < n:
@@ -98,17 +64,17 @@ def _string(raw, i):
             return i + 1
         if c == 92:
             i += 1
-            if i < n and raw[i] == 117:
-                if i + 5 > n or not all(raw[k] in _HEXDIGITS for k in range(i + 1, i + 5)):
-                    raise ValueError("a \\u escape needs 4 hex digits (byte %d)" % i)
+            if i < n and raw[i] == 117:  # \uXXXX
+                if i + 5 > n or not all(raw[k] in b"0123456789abcdefABCDEF"
+                                        for k in range(i + 1, i + 5)):
+                    raise ValueError("bad \\u at %d" % i)
                 i += 4
-            elif i >= n or raw[i] not in _ESCAPES:
-                raise ValueError("invalid escape in a string at byte %d" % i)
+            elif i >= n or raw[i] not in b'"\\/bfnrt':
+                raise ValueError("bad escape at %d" % i)
         elif c < 32 or c > 126:
-            raise ValueError("byte 0x%02x at %d in a string is not printable ASCII "
-                             "(escape it as \\uXXXX)" % (c, i))
+            raise ValueError("byte 0x%02x at %d" % (c, i))
         i += 1
-    raise ValueError("a string is not closed")
+    raise ValueError("open string")
 
 
 def _digits(raw, i):
@@ -121,41 +87,41 @@ def _digits(raw, i):
 def _number(raw, i):
     start = i
     n = len(raw)
-    if i < n and raw[i] == 45:
+    if i < n and raw[i] == 45:  # -
         i += 1
-    if i < n and raw[i] == 48:
+    if i < n and raw[i] == 48:  # a lone 0: no leading zeros
         i += 1
     elif i < n and 49 <= raw[i] <= 57:
         i = _digits(raw, i)
     else:
-        raise ValueError("unexpected %r at byte %d" % (raw[start:start + 1], start))
-    if i < n and raw[i] == 46:
+        raise ValueError("bad value at %d" % start)
+    if i < n and raw[i] == 46:  # .
         i = _digits(raw, i + 1)
         if raw[i - 1] == 46:
-            raise ValueError("a number needs digits after '.' (byte %d)" % i)
+            raise ValueError("bad number at %d" % i)
     if i < n and raw[i] in b"eE":
         i += 1
         if i < n and raw[i] in b"+-":
             i += 1
         j = _digits(raw, i)
         if j == i:
-            raise ValueError("a number needs digits in its exponent (byte %d)" % i)
+            raise ValueError("bad number at %d" % i)
         i = j
     return i
 
 
 def _key(raw, i, keys):
-    """A quoted key and its ':' at raw[i]: (index of the value, the key)."""
+    # a quoted key and its ':' at raw[i]: (index of the value, the key)
     if i >= len(raw) or raw[i] != 34:
-        raise ValueError("expected a quoted key at byte %d" % i)
+        raise ValueError("expected key at %d" % i)
     j = _string(raw, i)
     name = json.loads(raw[i:j]) if raw.find(b"\\", i, j) >= 0 else raw[i + 1 : j - 1].decode()
     if name in keys:
-        raise ValueError("key %r appears twice in one object" % name)
+        raise ValueError("duplicate key %r" % name)
     keys.append(name)
     j = _ws(raw, j)
     if j >= len(raw) or raw[j] != 58:
-        raise ValueError("expected ':' after key %r (byte %d)" % (name, j))
+        raise ValueError("expected ':' at %d" % j)
     return _ws(raw, j + 1), name
 
 
@@ -169,12 +135,12 @@ def syntax(raw):
     top_key_id = False
     i = _ws(raw, 0)
     if i >= n or raw[i] != 123:
-        raise ValueError("a manifest must start with '{', not %r" % (raw[i:i + 1],))
+        raise ValueError("not an object")
     while True:
         c = raw[i] if i < n else -1
         if c == 123 or c == 91:  # { [
             if len(stack) >= MAX_DEPTH:
-                raise ValueError("nested deeper than %d (byte %d)" % (MAX_DEPTH, i))
+                raise ValueError("nested > %d at %d" % (MAX_DEPTH, i))
             j = _ws(raw, i + 1)
             if j < n and raw[j] == c + 2:  # } ]: empty
                 i = j + 1
@@ -196,9 +162,9 @@ def syntax(raw):
                     i += len(word)
                     break
             else:
-                raise ValueError("unexpected %r at byte %d" % (raw[i:i + 1], i))
+                raise ValueError("bad value at %d" % i)
         elif c < 0:
-            raise ValueError("the manifest ends early")
+            raise ValueError("cut short")
         else:
             i = _number(raw, i)
         top_key_id = False
@@ -206,10 +172,10 @@ def syntax(raw):
             i = _ws(raw, i)
             if not stack:
                 if i != n:
-                    raise ValueError("%d bytes after the closing '}' (byte %d)" % (n - i, i))
+                    raise ValueError("%d bytes after '}'" % (n - i))
                 return key_id
             if i >= n:
-                raise ValueError("the manifest ends early")
+                raise ValueError("cut short")
             c = raw[i]
             if c == 44:
                 i = _ws(raw, i + 1)
@@ -221,51 +187,12 @@ def syntax(raw):
                 stack.pop()
                 i += 1
                 continue
-            raise ValueError("expected ',' or the container's end at byte %d, not %r"
-                             % (i, raw[i:i + 1]))
+            raise ValueError("expected ',' at %d" % i)
 
 
-def _peek_key_id(raw):
-    # The top-level key_id (a recipient's key_id is not the signer's): only to
-    # order the keys tried and to word the error, never trusted.
-    try:
-        return syntax(raw)
-    except Exception:
-        return None
-
-
-def authenticate(raw, sig, keys):
-    """Verify sig over the exact bytes raw with a trusted key; returns its id."""
-    if len(raw) > MAX_MANIFEST:
-        raise ManifestTooLarge("manifest is %d bytes, the limit is %d: refused unread"
-                               % (len(raw), MAX_MANIFEST))
-    if len(sig) != 64:
-        raise SignatureError("signature is %d bytes, expected 64 (raw r||s)" % len(sig))
-    if not len(keys):
-        raise UnknownKeyError("no trusted signing keys are configured: install one first")
-    claimed = _peek_key_id(raw)
-    digest = hashlib.sha256(raw).digest()
-    order = keys.ids()
-    if claimed in order:
-        order.remove(claimed)
-        order.insert(0, claimed)
-    for kid in order:
-        if p256.verify(keys.get(kid), digest, sig):
-            return kid
-    if claimed is not None and keys.get(claimed) is None:
-        raise UnknownKeyError("manifest names signing key %s, which this device does not trust "
-                              "(trusted: %s)" % (claimed, ", ".join(keys.ids())))
-    raise SignatureError("signature does not verify with any trusted key (%s): "
-                         "the manifest or its signature was altered" % ", ".join(keys.ids()))
-
-
-def _is_hex(text, length):
-    if len(text) != length:
-        return False
-    return all(c in _HEX for c in text)
-
-
-_DAYS = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+def _hex(text, length):
+    return type(text) is str and len(text) == length and \
+        all(c in "0123456789abcdef" for c in text)
 
 
 def epoch_seconds(stamp):
@@ -280,7 +207,8 @@ def epoch_seconds(stamp):
     y, mo, d = int(stamp[0:4]), int(stamp[5:7]), int(stamp[8:10])
     h, mi, s = int(stamp[11:13]), int(stamp[14:16]), int(stamp[17:19])
     leap = mo == 2 and y % 4 == 0 and (y % 100 != 0 or y % 400 == 0)
-    if not (y >= 1970 and 1 <= mo <= 12 and 1 <= d <= _DAYS[mo - 1] + leap and h < 24
+    days = b"\x1f\x1c\x1f\x1e\x1f\x1e\x1f\x1f\x1e\x1f\x1e\x1f"  # per month
+    if not (y >= 1970 and 1 <= mo <= 12 and 1 <= d <= days[mo - 1] + leap and h < 24
             and mi < 60 and s < 60):
         raise ValueError(stamp)
     # days from civil (Howard Hinnant), valid for the proleptic Gregorian calendar
@@ -293,104 +221,79 @@ def epoch_seconds(stamp):
 
 
 def parse(raw, key_id):
-    """Parse authenticated bytes into a Manifest, checking every field."""
+    """The fields (a dict) of authenticated bytes, every field checked;
+    key_id is the id of the key the signature verified with."""
     try:
         syntax(raw)
-        fields = json.loads(raw)
+        f = json.loads(raw)
     except Exception as e:  # ValueError, MemoryError, UnicodeError: all mean "not JSON"
-        raise ManifestFormatError("manifest is not strict JSON (%s): the signer produced "
-                                  "garbage" % (e,))
-    if type(fields) is not dict:
-        raise ManifestFormatError("manifest must be a JSON object, not %s" % type(fields).__name__)
+        raise _bad("not strict JSON: %s" % e)
     for name, (kind, required, low, high) in _FIELDS.items():
-        value = fields.get(name)
-        if value is None:
+        v = f.get(name)
+        if v is None:
             if required:
-                raise ManifestFormatError("manifest lacks the required field %r" % name)
+                raise _bad("no field " + name)
             continue
-        if type(value) is not kind:
-            raise ManifestFormatError("field %r must be %s, not %s"
-                                      % (name, kind.__name__, type(value).__name__))
-        if kind is str and not low <= len(value) <= high:
-            raise ManifestFormatError("field %r must be %d-%d characters, not %d"
-                                      % (name, low, high, len(value)))
-        if kind is int and not low <= value <= high:
-            raise ManifestFormatError("field %r = %d is outside %d..%d" % (name, value, low, high))
-    if fields["format"] != FORMAT:
-        raise ManifestFormatError("manifest format %d is not supported (this agent reads %d): "
-                                  "update the agent first" % (fields["format"], FORMAT))
+        if type(v) is not kind:
+            raise _bad("%s is %s, not %s" % (name, type(v).__name__, kind.__name__))
+        if kind is not dict:
+            n = len(v) if kind is str else v
+            if not low <= n <= high:
+                raise _bad("%s%s %d not in %d..%d"
+                           % ("len " if kind is str else "", name, n, low, high))
+    if f["format"] != FORMAT:
+        raise _bad("format %d unsupported" % f["format"])
     for name in ("sha256", "payload_sha256"):
-        if not _is_hex(fields[name], 64):
-            raise ManifestFormatError("field %r must be 64 lowercase hex digits" % name)
+        if not _hex(f[name], 64):
+            raise _bad(name + " not 64 lowercase hex")
     for name in ("created", "expires"):
-        if fields.get(name) is not None:
+        if f.get(name) is not None:
             try:
-                epoch_seconds(fields[name])
+                epoch_seconds(f[name])
             except ValueError:
-                raise ManifestFormatError("field %r = %r is not YYYY-MM-DDTHH:MM:SSZ"
-                                          % (name, fields[name]))
-    if fields["key_id"] != key_id:
-        raise ManifestFormatError("manifest names key %s but was signed by %s"
-                                  % (fields["key_id"], key_id))
-    if fields.get("encryption") is None:
-        if fields["payload_size"] != fields["size"] or \
-                fields["payload_sha256"] != fields["sha256"]:
-            raise ManifestFormatError("an unencrypted payload must have the image's size and hash")
-    else:
-        _check_encryption(fields)
-    return Manifest(fields, key_id)
-
-
-def _check_encryption(fields):
-    enc = fields["encryption"]
+                raise _bad("bad date %s %r" % (name, f[name]))
+    if f["key_id"] != key_id:
+        raise _bad("names key %s, signed by %s" % (f["key_id"], key_id))
+    enc = f.get("encryption")
+    if enc is None:
+        if f["payload_size"] != f["size"] or f["payload_sha256"] != f["sha256"]:
+            raise _bad("plain payload is not the image")
+        return f
     if enc.get("alg") != "aes-256-cbc" or enc.get("kdf") != "ecies-p256-hkdf-sha256-aeskw":
-        raise ManifestFormatError("encryption %r / %r is not supported (this agent reads "
-                                  "aes-256-cbc with ecies-p256-hkdf-sha256-aeskw)"
-                                  % (enc.get("alg"), enc.get("kdf")))
-    if type(enc.get("iv")) is not str or not _is_hex(enc["iv"], 32):
-        raise ManifestFormatError("encryption iv must be 32 lowercase hex digits")
-    recipients = enc.get("recipients")
-    if type(recipients) is not list or not 0 < len(recipients) <= 16:
-        raise ManifestFormatError("encryption recipients must be a list of 1-16 entries")
-    for r in recipients:
-        if type(r) is not dict or not all(
-                type(r.get(k)) is str and _is_hex(r[k], n)
-                for k, n in (("key_id", 16), ("epk", 130), ("wrapped_key", 80))):
-            raise ManifestFormatError("each recipient needs key_id (16 hex), epk (130 hex) "
-                                      "and wrapped_key (80 hex)")
-    if fields["payload_size"] != (fields["size"] + 15) // 16 * 16:
-        raise ManifestFormatError("encrypted payload_size %d is not the image size %d "
-                                  "rounded up to 16" % (fields["payload_size"], fields["size"]))
+        raise _bad("encryption %r %r unsupported" % (enc.get("alg"), enc.get("kdf")))
+    if not _hex(enc.get("iv"), 32):
+        raise _bad("bad iv")
+    rs = enc.get("recipients")
+    if type(rs) is not list or not 0 < len(rs) <= 16:
+        raise _bad("recipients: 1-16 needed")
+    for r in rs:
+        if type(r) is not dict or not (_hex(r.get("key_id"), 16) and _hex(r.get("epk"), 130)
+                                       and _hex(r.get("wrapped_key"), 80)):
+            raise _bad("bad recipient")
+    if f["payload_size"] != (f["size"] + 15) // 16 * 16:
+        raise _bad("payload_size %d for size %d" % (f["payload_size"], f["size"]))
+    return f
 
 
-def judge(m, facts):
-    """Refuse a release this device must not install."""
-    if m.board != facts.board:
-        raise BoardMismatch("release is for board %r, this is %r" % (m.board, facts.board))
-    if m.chip_id != facts.chip_id:
-        raise ChipMismatch("release is for chip id %d, this chip is %d"
-                           % (m.chip_id, facts.chip_id))
-    if m.version_code <= facts.version_code:
-        raise RollbackError("release version_code %d is not newer than the running %d "
-                            "(downgrades are refused)" % (m.version_code, facts.version_code))
-    minimum = m.fields.get("min_version_code")
-    if minimum is not None and facts.version_code < minimum:
-        raise RollbackError("release needs version_code %d or later installed first; running %d"
-                            % (minimum, facts.version_code))
-    if m.security_counter < facts.security_floor:
-        raise SecurityCounterError("release security_counter %d is below this device's floor %d"
-                                   % (m.security_counter, facts.security_floor))
-    expires = m.fields.get("expires")
-    if expires is not None and facts.now is not None and facts.now > epoch_seconds(expires):
-        raise ExpiredError("release expired at %s: ask for a fresh release" % expires)
-    if m.size > facts.slot_size or m.payload_size > facts.slot_size + 16:
-        raise SlotTooSmall("image is %d bytes, the update slot holds %d"
-                           % (max(m.size, m.payload_size), facts.slot_size))
-
-
-def check(raw, sig, keys, facts):
-    """authenticate + parse + judge: the Manifest, or a ManifestError."""
-    kid = authenticate(raw, sig, keys)
-    m = parse(raw, kid)
-    judge(m, facts)
-    return m
+def judge(f, facts):
+    """Refuse a release this device must not install.  facts: (board, chip_id,
+    running version_code, security floor, slot size in bytes, now), now in
+    seconds since 1970 UTC or None when the clock is not trusted."""
+    board, chip_id, running, floor, slot, now = facts
+    if f["board"] != board:
+        raise _bad("board %r, this is %r" % (f["board"], board), "wrong-board")
+    if f["chip_id"] != chip_id:
+        raise _bad("chip_id %d, this is %d" % (f["chip_id"], chip_id), "wrong-chip")
+    if f["version_code"] <= running:
+        raise _bad("version_code %d, running %d" % (f["version_code"], running), "downgrade")
+    low = f.get("min_version_code")
+    if low is not None and running < low:
+        raise _bad("needs version_code %d, running %d" % (low, running), "downgrade")
+    if f["security_counter"] < floor:
+        raise _bad("security_counter %d < floor %d" % (f["security_counter"], floor),
+                   "security-counter")
+    exp = f.get("expires")
+    if exp is not None and now is not None and now > epoch_seconds(exp):
+        raise _bad("expired " + exp, "expired")
+    if f["size"] > slot or f["payload_size"] > slot + 16:
+        raise _bad("%d bytes, slot %d" % (max(f["size"], f["payload_size"]), slot), "too-large")

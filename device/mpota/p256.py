@@ -1,7 +1,7 @@
 # NIST P-256 in pure MicroPython: point arithmetic in Jacobian coordinates
 # (a = -3 doubling), ECDSA verification with interleaved wNAF scalar
-# multiplication (a table of odd multiples of G built once, one of Q per
-# verify), and the scalar multiplication ECDH needs.
+# multiplication (Jacobian tables of odd multiples of G and of Q, built per
+# verify and dropped after it), and the scalar multiplication ECDH needs.
 #
 # Big integers are MicroPython's C mpz, so each field multiply costs about a
 # microsecond; modular inversions cost hundreds of times more, so a verify
@@ -12,12 +12,11 @@ N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 B = 0x5AC635D8AA3A93E7B3EBBD55769886BC651D06B0CC53B0F63BCE3C3E27D2604B
 GX = 0x6B17D1F2E12C4247F8BCE6E563A440F277037D812DEB33A0F4A13945D898C296
 GY = 0x4FE342E2FE1A7F9B8EE7EB4A7C0F9E162BCE33576B315ECECBB6406837BF51F5
-G_WINDOW = 5  # wNAF width for the fixed base: 8 precomputed points
-Q_WINDOW = 4  # wNAF width for the public key: 4 points per verify
+G_WINDOW = 4  # wNAF width for the fixed base: 4 points per verify
+Q_WINDOW = 3  # wNAF width for the public key: 2 points per verify
 
 INFINITY = (1, 1, 0)
 inversions = 0
-_g_table = None
 
 
 def inverse(x, m):
@@ -141,47 +140,25 @@ def _odd_multiples(pt, count):
 
 
 def g_table():
-    """Odd multiples of G in affine coordinates, built once with a single
-    inversion (Montgomery's trick)."""
-    global _g_table
-    if _g_table is None:
-        jac = _odd_multiples((GX, GY, 1), 1 << (G_WINDOW - 2))
-        prefix = [1]
-        for pt in jac:
-            prefix.append(prefix[-1] * pt[2] % P)
-        acc = inverse(prefix[-1], P)
-        table = [None] * len(jac)
-        for i in range(len(jac) - 1, -1, -1):
-            zi = acc * prefix[i] % P
-            acc = acc * jac[i][2] % P
-            zi2 = zi * zi % P
-            table[i] = (jac[i][0] * zi2 % P, jac[i][1] * zi2 * zi % P)
-        _g_table = table
-    return _g_table
+    """Odd multiples of G (Jacobian), built per verify: no inversion, and no
+    table outlives the verify (the agent drops this module after it)."""
+    return _odd_multiples((GX, GY, 1), 1 << (G_WINDOW - 2))
 
 
 def mul_add(u1, u2, q):
     """u1*G + u2*Q (Q affine) as a Jacobian point: one shared doubling chain."""
-    gt = g_table()
-    qt = _odd_multiples((q[0], q[1], 1), 1 << (Q_WINDOW - 2))
-    n1 = wnaf(u1, G_WINDOW)
-    n2 = wnaf(u2, Q_WINDOW)
+    tables = ((wnaf(u1, G_WINDOW), g_table() if u1 else None),
+              (wnaf(u2, Q_WINDOW), _odd_multiples((q[0], q[1], 1), 1 << (Q_WINDOW - 2))))
     acc = INFINITY
-    for i in range(max(len(n1), len(n2)) - 1, -1, -1):
+    for i in range(max(len(tables[0][0]), len(tables[1][0])) - 1, -1, -1):
         acc = double(acc)
-        d = n1[i] - 128 if i < len(n1) else 0
-        if d > 0:
-            gx, gy = gt[d >> 1]
-            acc = add_affine(acc, gx, gy)
-        elif d < 0:
-            gx, gy = gt[(-d) >> 1]
-            acc = add_affine(acc, gx, P - gy)
-        d = n2[i] - 128 if i < len(n2) else 0
-        if d > 0:
-            acc = add(acc, qt[d >> 1])
-        elif d < 0:
-            x, y, z = qt[(-d) >> 1]
-            acc = add(acc, (x, P - y, z))
+        for digits, table in tables:
+            d = digits[i] - 128 if i < len(digits) else 0
+            if d > 0:
+                acc = add(acc, table[d >> 1])
+            elif d < 0:
+                x, y, z = table[(-d) >> 1]
+                acc = add(acc, (x, P - y, z))
     return acc
 
 

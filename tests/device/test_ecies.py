@@ -1,17 +1,21 @@
 """ECDH (every Wycheproof vector), HKDF, RFC 3394 unwrap and the content-key
-unwrap on the unix port, checked against CPython's cryptography."""
+unwrap on the unix port, checked against CPython's cryptography and the
+host's release encryption."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 import json
+from typing import Any
 
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.keywrap import aes_key_wrap
 
 from helpers import unix_results, wycheproof
+from mpota_host import encryption, keys
 
 ECDH = wycheproof("ecdh_secp256r1_ecpoint_test.json")
 
@@ -79,10 +83,78 @@ import binascii, esp32
 from mpota import enckey, keys
 nvs = esp32.NVS("mpota")
 public = enckey.generate(nvs)
-d, pub, kid = enckey.load(nvs)
-result([binascii.hexlify(public).decode(), kid == keys.key_id(public), pub == public])
+buf = bytearray(65)
+pub = bytes(buf[:nvs.get_blob("enc_pub", buf)])
+result([binascii.hexlify(public).decode(), keys.key_id(public), pub == public])
 """))
-    (public_hex, id_ok, same), = out
-    assert id_ok and same and public_hex.startswith("04") and len(public_hex) == 130
+    (public_hex, kid, same), = out
+    point = bytes.fromhex(public_hex)
+    public = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), point)
+    assert same and kid == keys.key_id(public) and len(point) == 65
     nvs = json.loads((booted.sim_dir / "nvs.json").read_text())["mpota"]
     assert set(nvs) == {"enc_key", "enc_pub"}  # the private half stays in NVS
+
+
+CONTENT = """
+import binascii
+from mpota import ecies, errors
+class NVS:
+    def __init__(self, blobs):
+        self.blobs = blobs
+    def get_blob(self, name, buf):
+        if name not in self.blobs:
+            raise OSError(-0x1102)
+        buf[:len(self.blobs[name])] = self.blobs[name]
+        return len(self.blobs[name])
+try:
+    result(binascii.hexlify(ecies.content_key({enc!r}, NVS({blobs!r}))).decode())
+except errors.DecryptionError as e:
+    result([e.code, str(e)])
+"""
+
+
+def _device_key() -> tuple[ec.EllipticCurvePrivateKey, dict[str, bytes]]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    return key, {"enc_key": key.private_numbers().private_value.to_bytes(32, "big"),
+                 "enc_pub": keys.point_bytes(key.public_key())}
+
+
+def _content_key(enc: dict[str, Any], blobs: dict[str, bytes]) -> Any:
+    (out,) = unix_results(CONTENT.format(enc=enc, blobs=blobs))
+    return out
+
+
+def test_the_content_key_unwraps_for_each_recipient() -> None:
+    content = bytes(range(32))
+    pairs = [_device_key() for _ in range(3)]
+    enc = {"recipients": [encryption.wrap_for(content, k.public_key()) for k, _ in pairs]}
+    for _, blobs in pairs:
+        assert _content_key(enc, blobs) == content.hex()
+
+
+def test_content_key_refusals_name_the_failure() -> None:
+    key, blobs = _device_key()
+    kid = keys.key_id(key.public_key())
+    other, _ = _device_key()
+    entry = encryption.wrap_for(bytes(32), key.public_key())
+    assert _content_key({"recipients": [entry]}, {}) == [
+        "no-decryption-key", "no decryption key in NVS"]
+    stranger = encryption.wrap_for(bytes(32), other.public_key())
+    assert _content_key({"recipients": [stranger]}, blobs) == [
+        "not-a-recipient", f"key {kid} not among {stranger['key_id']}"]
+    altered = dict(entry, wrapped_key=entry["wrapped_key"][:-2] + "00")
+    not_a_point = dict(entry, epk="04" + "11" * 64)
+    for bad in (altered, not_a_point):
+        assert _content_key({"recipients": [bad]}, blobs) == [
+            "key-unwrap", f"key {kid} does not unwrap"]
+
+
+def test_content_key_fits_28k() -> None:
+    # the interpreter, mpota.errors, ecies and p256 and one unwrap
+    from helpers import run_unix
+
+    key, blobs = _device_key()
+    entry = encryption.wrap_for(bytes(range(32)), key.public_key())
+    rc, out = run_unix("import json\n" + CONTENT.replace("result(", "print(").format(
+        enc={"recipients": [entry]}, blobs=blobs), heapsize="28K")
+    assert rc == 0 and bytes(range(32)).hex() in out, out
