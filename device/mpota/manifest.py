@@ -65,9 +65,11 @@ def _string(raw, i):
         if c == 92:
             i += 1
             if i < n and raw[i] == 117:  # \uXXXX
-                if i + 5 > n or not all(raw[k] in b"0123456789abcdefABCDEF"
-                                        for k in range(i + 1, i + 5)):
+                if i + 5 > n:
                     raise ValueError("bad \\u at %d" % i)
+                for k in range(i + 1, i + 5):
+                    if raw[k] not in b"0123456789abcdefABCDEF":
+                        raise ValueError("bad \\u at %d" % i)
                 i += 4
             elif i >= n or raw[i] not in b'"\\/bfnrt':
                 raise ValueError("bad escape at %d" % i)
@@ -191,8 +193,12 @@ def syntax(raw):
 
 
 def _hex(text, length):
-    return type(text) is str and len(text) == length and \
-        all(c in "0123456789abcdef" for c in text)
+    if type(text) is not str or len(text) != length:
+        return False
+    for c in text:  # noqa: SIM110 (a generator would be one more code object to load)
+        if c not in "0123456789abcdef":
+            return False
+    return True
 
 
 def epoch_seconds(stamp):
@@ -201,8 +207,8 @@ def epoch_seconds(stamp):
     release.epoch_seconds applies the same rule."""
     if len(stamp) != 20 or stamp[4] != "-" or stamp[7] != "-" or stamp[10] != "T" \
             or stamp[13] != ":" or stamp[16] != ":" or stamp[19] != "Z" \
-            or not all(stamp[k] in "0123456789" for k in (0, 1, 2, 3, 5, 6, 8, 9, 11, 12,
-                                                           14, 15, 17, 18)):
+            or not (stamp[0:4] + stamp[5:7] + stamp[8:10] + stamp[11:13] + stamp[14:16]
+                    + stamp[17:19]).isdigit():
         raise ValueError(stamp)
     y, mo, d = int(stamp[0:4]), int(stamp[5:7]), int(stamp[8:10])
     h, mi, s = int(stamp[11:13]), int(stamp[14:16]), int(stamp[17:19])

@@ -24,6 +24,20 @@ from mpota.errors import ManifestError
 MAX_MANIFEST = 4096
 
 
+def _drop(*names):
+    # The GC scans the C stack conservatively: a step that just returned
+    # leaves pointers to its modules in dead stack slots, which keep a
+    # dropped module alive.  Deep calls with cleared locals overwrite them.
+    _scrub(12)
+    mpota.drop(*names)
+
+
+def _scrub(n):
+    a = b = c = d = e = f = g = h = i = j = k = m = None  # noqa: F841
+    if n:
+        _scrub(n - 1)
+
+
 def authenticate(raw, sig, trusted):
     """The id of the trusted key whose signature sig is over the exact bytes raw."""
     if len(raw) > MAX_MANIFEST:
@@ -50,7 +64,7 @@ def authenticate(raw, sig, trusted):
             return kid
     ids = ",".join(k[0] for k in found)
     del found, q, p256
-    mpota.drop("p256")
+    _drop("p256")
     from mpota import manifest
 
     try:  # the claimed signer, only to word the refusal
@@ -65,7 +79,7 @@ def authenticate(raw, sig, trusted):
 def release(raw, sig, trusted, facts, nvs):
     """(fields, content key or None) of a release this device may install."""
     kid = authenticate(raw, sig, trusted)
-    mpota.drop("p256", "keys")
+    _drop("p256", "keys")
     from mpota import manifest
 
     f = manifest.parse(raw, kid)
@@ -74,7 +88,7 @@ def release(raw, sig, trusted, facts, nvs):
     if enc is None:
         return f, None
     del manifest
-    mpota.drop("manifest")
+    _drop("manifest")
     from mpota import ecies
 
     return f, ecies.content_key(enc, nvs)
