@@ -333,10 +333,20 @@ def breakdown(trace: dict[str, Any]) -> dict[str, Any]:
 # the smallest heap
 
 
+# the smallest script that installs: onboard.py's own bytecode would take heap too
+HEAP_SCRIPT = """import mpota
+r = mpota.update()
+print("HEAP", r.get("result") if isinstance(r, dict) else r)
+"""
+
+
 def _heap_ok(rig: Rig, kib: int, frozen: tuple[str, ...]) -> bool:
     rig.fresh()
-    result = rig.board.run(ONBOARD, ["update"], heapsize=f"{kib}K", frozen=frozen, timeout=300)
-    return "BENCH update" in result.output and " STAGED" in result.output
+    script = rig.work / "heap_update.py"
+    if not script.exists():
+        script.write_text(HEAP_SCRIPT)
+    result = rig.board.run(script, heapsize=f"{kib}K", frozen=frozen, timeout=300)
+    return "HEAP STAGED" in result.output
 
 
 def min_heap(rig: Rig, frozen: tuple[str, ...], lo: int = 16, hi: int = 256) -> int:
@@ -353,18 +363,29 @@ def min_heap(rig: Rig, frozen: tuple[str, ...], lo: int = 16, hi: int = 256) -> 
 
 
 def heap_searches(rig: Rig, runs: int) -> dict[str, list[int]]:
-    """`runs` independent searches, as .mpy and frozen; the later ones start
+    """`runs` independent searches, as .mpy and frozen, each on a fresh rig (new
+    keys, token, server port: the heap's layout differs a little from one
+    setup to the next, as from one board to the next); the later ones start
     from a bracket around the first result (the same bisection, fewer steps)."""
     out: dict[str, list[int]] = {"mpy": [], "frozen": []}
-    for kind, frozen in (("mpy", ()), ("frozen", AGENT_MODULES)):
-        first = min_heap(rig, frozen)
-        out[kind].append(first)
-        for _ in range(runs - 1):
-            lo = max(8, first - 16)
-            if _heap_ok(rig, lo, frozen):
-                out[kind].append(min_heap(rig, frozen, 8, lo))
-            else:
-                out[kind].append(min_heap(rig, frozen, lo, first + 16))
+    first: dict[str, int] = {}
+    for run in range(runs):
+        with tempfile.TemporaryDirectory() as tmp:
+            r = rig if run == 0 else make_rig(Path(tmp), rig.name == "encrypted", rig.size)
+            try:
+                for kind, frozen in (("mpy", ()), ("frozen", AGENT_MODULES)):
+                    if kind not in first:
+                        first[kind] = min_heap(r, frozen)
+                        out[kind].append(first[kind])
+                        continue
+                    lo = max(8, first[kind] - 16)
+                    if _heap_ok(r, lo, frozen):
+                        out[kind].append(min_heap(r, frozen, 8, lo))
+                    else:
+                        out[kind].append(min_heap(r, frozen, lo, first[kind] + 16))
+            finally:
+                if r is not rig:
+                    r.server.stop()
     return out
 
 
