@@ -11,6 +11,9 @@
 #   def sensor_ok(): return sensor.read() is not None
 #   @mpota.busy_check
 #   def busy(): return motor.running
+#
+# Each call loads the modules its phase needs and drops them after (drop()),
+# so that between calls the application has the heap back.
 __version__ = "0.1.0"
 
 _agent = None
@@ -32,25 +35,47 @@ def busy_check(fn):
     return fn
 
 
+def drop(*names):
+    """Forget the mpota modules a phase loaded (sys.modules and this
+    package's attributes) so their heap is free again.  Frozen into the
+    firmware (__file__ is then the frozen name) their code costs no heap and
+    they stay."""
+    import gc
+    import sys
+
+    if __file__ != "mpota/__init__.py":
+        for name in names:
+            sys.modules.pop("mpota." + name, None)
+            globals().pop(name, None)
+    gc.collect()
+
+
 def get_agent():
     global _agent
     if _agent is None:
-        from mpota import config
-        from mpota.agent import Agent
         from mpota.hw import Hardware
-        from mpota.state import State
 
         hw = Hardware()
-        _agent = Agent(config.load(nvs=hw.nvs()), hw, State(), _checks, _busy[0])
+        try:
+            from mpota import config
+
+            cfg = config.load(nvs=hw.nvs())  # the parsed dict stays, the parser goes
+        finally:
+            drop("config", "ca")
+        from mpota.agent import Agent
+        from mpota.state import State
+
+        _agent = Agent(cfg, hw, State(), _checks, _busy[0])
     return _agent
 
 
-def _guard(fn, *args):
+def _guard(fn, *args, uses=()):
     """fn(agent, *args), and nothing a server, a file or the network can cause
     escapes into the application: an error is printed and returned as
-    {"result": "FAILED" (or "RETRY_LATER"), "error", "reason"}.  An OTAError
-    was recorded where it arose; any other exception is recorded here as a
-    FAILED result and reported (best effort)."""
+    {"result": "FAILED" (or "RETRY_LATER"), "error": its code, "reason"}.  An
+    OTAError was recorded where it arose; any other exception is recorded
+    here as a FAILED result and reported (best effort).  After the call the
+    connection is closed and the modules named in uses are dropped."""
     from mpota.errors import OTAError
 
     agent = None
@@ -58,9 +83,8 @@ def _guard(fn, *args):
         agent = get_agent()
         return fn(agent, *args)
     except OTAError as e:
-        name = e.__class__.__name__
-        print("mpota: %s: %s" % (name, e))
-        return {"result": "RETRY_LATER" if e.retryable else "FAILED", "error": name,
+        print("mpota: %s: %s" % (e.code, e))
+        return {"result": "RETRY_LATER" if e.retryable else "FAILED", "error": e.code,
                 "reason": str(e)}
     except Exception as e:  # a fault nobody foresaw: the application keeps running
         name = e.__class__.__name__
@@ -72,24 +96,31 @@ def _guard(fn, *args):
                 print("mpota: could not record the failure: %s: %s"
                       % (e2.__class__.__name__, e2))
         return {"result": "FAILED", "error": name, "reason": str(e)}
+    finally:
+        if agent is not None:
+            agent.close()  # the TLS session's buffers go back to the application
+        drop(*uses)
+
+
+def _phase(module, fn, *args):
+    """Call module.fn(agent, *args) guarded; the module is loaded for the call."""
+    def run(a):
+        m = __import__("mpota." + module, None, None, (fn,))
+        return getattr(m, fn)(a, *args)
+
+    return _guard(run, uses=(module, "health", "otadata", "repl", "policy"))
 
 
 def boot():
-    from mpota import health
-
-    return _guard(health.on_boot)
+    return _phase("health", "on_boot")
 
 
 def probation():
-    from mpota import health
-
-    return _guard(health.run)
+    return _phase("health", "run")
 
 
 def status():
-    from mpota import repl
-
-    return _guard(repl.status)
+    return _phase("repl", "status")
 
 
 def check():
@@ -120,10 +151,11 @@ def update(url_or_release=None):
             from mpota import repl
 
             offer = repl.offer_from_url(a, offer)
+            drop("repl")
             source = offer["payload_url"]  # probation checks that this host answers
         return a.run_update(offer, source)
 
-    return _guard(run)
+    return _guard(run, uses=("repl",))
 
 
 def apply(force=False):
@@ -131,18 +163,12 @@ def apply(force=False):
 
 
 def poll():
-    from mpota import repl
-
-    return _guard(repl.poll)
+    return _guard(lambda a: a.poll(), uses=("health", "otadata"))
 
 
 def confirm():
-    from mpota import repl
-
-    return _guard(repl.confirm)
+    return _phase("repl", "confirm")
 
 
 def rollback():
-    from mpota import repl
-
-    return _guard(repl.rollback)
+    return _phase("repl", "rollback")

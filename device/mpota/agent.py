@@ -1,63 +1,76 @@
-# The update state machine (ARCHITECTURE section 3), persisted in State so
-# that a reset anywhere resumes or recovers:
+# The update driver (ARCHITECTURE section 3), its progress persisted in State
+# so that a reset anywhere resumes or recovers:
 #
 #   IDLE -> DOWNLOADING(written) -> STAGED -> REBOOTING -> PROBATION
 #        -> CONFIRMED | ROLLED_BACK;  any failure -> FAILED(reason) -> IDLE
 #
-# The running image is never touched: everything is written to the next
-# slot and verified before set_boot().
+# The running image is never touched: everything is written to the next slot
+# and verified before set_boot().  Each phase imports what it needs and drops
+# it after (mpota.drop): the verifier only while verifying, fetch only while
+# downloading; the TLS connection stays open from the check to the STAGED
+# report (one handshake per update).
 import binascii
-import json
 import time
 
-from mpota import fetch, manifest, state
-from mpota.errors import (
-    BusyError,
-    ConfigError,
-    DecryptionError,
-    DownloadError,
-    ImageError,
-    ManifestError,
-    OTAError,
-    StateError,
-)
-from mpota.http import Client
-from mpota.keys import TrustedKeys
-from mpota.slot import BLOCK, SlotWriter, check_slot, resume_point
+import mpota
+from mpota import state
+from mpota.errors import (BusyError, DecryptionError, DownloadError, ImageError, ManifestError,
+                          OTAError, StateError)
 
-_OFFER_LIMIT = const(12288)
+_BLOCK = const(4096)
 _TARGET = object()  # fail(): the release that failed is the in-progress target
-# what put a release on the rejected list: its signed bytes failed verification
+# what puts a release on the rejected list: its signed bytes failed verification
 _REJECT = (ManifestError, ImageError, DecryptionError)
 
 
 class Agent:
-    def __init__(self, cfg, hw, st, checks=(), busy=None):
+    def __init__(self, cfg, hw, st, checks=(), busy=None, link=None):
         self.cfg = cfg
         self.hw = hw
         self.st = st
         self.checks = checks  # application health checks: callables -> bool
         self.busy = busy  # application busy check: callable -> bool
-        self.keys = TrustedKeys(cfg["trusted_pems"])
+        self.link = link  # the server link (mpota.link, loaded per exchange; a fake in tests)
         self._client = None
-        # the one block buffer, taken while the heap is still in one piece
-        self.buf = memoryview(bytearray(BLOCK))
+        self._buf = None
+
+    def block(self):
+        """The one 4096-byte block buffer, taken when a download or a check
+        needs it (after the verifier's modules went) and kept until close()."""
+        if self._buf is None:
+            self._buf = memoryview(bytearray(_BLOCK))
+        return self._buf
 
     # facts about this device
 
     def client(self):
         if self._client is None:
+            from mpota.http import Client
+
             d = self.cfg["download"]
             self._client = Client(self.cfg["server"], self.cfg["cas"], d["stall_s"],
                                   d["redirects"])
         return self._client
 
-    def auth(self):
-        if self.cfg["server"] is None:
-            raise ConfigError("no mpota server is configured (mpota.json has no 'server'): "
-                              "install a release from its URL with mpota.update(URL)")
-        return {"X-Device-Id": self.cfg["device_id"],
-                "Authorization": "Bearer " + self.cfg["token"]}
+    def free_block(self):
+        self._buf = None
+
+    def close(self):
+        """End of a call into the agent: the connection and the block buffer
+        go back to the application."""
+        if self._client is not None:
+            self._client.close()
+        self._buf = None
+
+    def _link(self, fn, *args):
+        link = self.link
+        if link is None:
+            from mpota import link
+        try:
+            return getattr(link, fn)(self, *args)
+        finally:
+            if self.link is None:
+                mpota.drop("link")
 
     def running_label(self):
         return self.hw.label(self.hw.running())
@@ -87,11 +100,6 @@ class Agent:
     def now(self):
         return time.time() if self.cfg["policy"]["clock_trusted"] else None
 
-    def facts(self, slot_size):
-        _, code = self.running_version()
-        return manifest.Facts(self.cfg["board"], self.cfg["chip_id"], code,
-                              self.security_floor(), slot_size, self.now())
-
     # talking to the server
 
     def report(self, name, detail=None, target=None):
@@ -106,149 +114,154 @@ class Agent:
         if detail:
             body["detail"] = detail[:500]
         try:
-            c = self.client()
-            r = c.request("POST", "/v1/report", dict(self.auth(), **{
-                "Content-Type": "application/json"}), json.dumps(body).encode())
-            c.expect(r, 200)
-            r.read_all(1024)
+            self._link("report", body)
         except Exception as e:  # best effort: never hides the failure being reported
-            print("mpota: could not report %s to the server: %s" % (name, e))
+            print("mpota: report %s not sent: %s" % (name, e))
 
-    def reject(self, version_code):
-        """Remember a release that failed here, so polling does not retry it."""
-        if version_code is None:
-            return
-        rejected = [v for v in self.st.get("rejected", []) if v != version_code]
-        self.st.save(rejected=(rejected + [version_code])[-8:])
+    def reject(self, version_code, **changes):
+        """Remember a release that failed here, so polling does not retry it
+        (saved together with changes)."""
+        if version_code is not None:
+            rejected = [v for v in self.st.get("rejected", []) if v != version_code]
+            changes["rejected"] = (rejected + [version_code])[-8:]
+        if changes:
+            self.st.save(**changes)
 
     def check(self, skip_rejected=True):
         """Ask the server for an update: the offer (dict) or None.  Releases
         that failed on this device before are skipped unless asked for."""
-        auth = self.auth()
         _, code = self.running_version()
-        c = self.client()
-        r = c.request("GET", "/v1/update?board=%s&version_code=%d" % (self.cfg["board"], code),
-                      auth)
-        c.expect(r, 200)
-        try:
-            offer = json.loads(r.read_all(_OFFER_LIMIT))
-        except ValueError:
-            raise DownloadError("the update check answer is not JSON")
-        if type(offer) is not dict or type(offer.get("update")) is not bool:
-            raise DownloadError("the update check answer has no 'update' flag")
+        offer = self._link("check", code)
         if not offer["update"]:
             return None
         if skip_rejected and offer.get("version_code") in self.st.get("rejected", []):
-            print("mpota: %s failed here before; not retrying it (mpota.update() forces it)"
+            print("mpota: %s failed here before; mpota.update() forces it"
                   % offer.get("version"))
             return None
-        for name, kind in (("manifest", str), ("signature", str), ("payload_url", str)):
-            if type(offer.get(name)) is not kind:
-                raise DownloadError("the update offer lacks %r" % name)
         return offer
 
     # installing
 
     def install(self, offer, source="server"):
         """Verify the offer's manifest, download into the next slot and check
-        it.  Leaves the agent STAGED (the image is not yet selected for boot:
-        apply() does that); raises an OTAError on failure.  source: "server"
-        for an offer from the mpota server, else the release's URL."""
+        it.  Leaves the agent STAGED (apply() selects the image for boot);
+        returns the target (dict); raises an OTAError on failure.  source:
+        "server" for an offer from the mpota server, else the release's URL."""
         claimed = offer.get("version_code")
         try:
             raw = offer.get("raw_manifest") or binascii.a2b_base64(offer["manifest"])
             sig = offer.get("raw_signature") or binascii.a2b_base64(offer["signature"])
         except (ValueError, TypeError) as e:
-            err = DownloadError("the update offer's manifest or signature is not base64 (%s)"
-                                % e)
+            err = DownloadError("offer: manifest or signature not base64 (%s)" % e)
             self.fail(err, "release refused", claimed)
             raise err
-        target, m, key, written = self.begin(raw, sig, offer["payload_url"], claimed, source)
+        part, target, key, written = self.begin(raw, sig, offer["payload_url"], claimed,
+                                                source)
+        del raw, sig, offer
         try:
-            self._download(target, m, written, key)
+            self._download(part, target, written, key)
         except OTAError as e:
             if e.retryable:
                 self.interrupted(e)  # resumed on the next poll
             else:
                 self.fail(e, "download stopped")
             raise
-        self.staged(m)
-        return m
+        self.staged(target)
+        mpota.drop("slot")
+        return target
+
+    def verify(self, raw, sig, slot_size):
+        """The verification phase: the manifest (signature first), the device
+        facts and, if encrypted, the content key.  Returns (target, key):
+        target is what the rest of the update needs (a dict, also the state's
+        "target").  The verifier's modules are dropped after."""
+        try:
+            from mpota import verify
+
+            _, code = self.running_version()
+            f, key = verify.release(raw, sig, self.cfg["trusted_pems"],
+                                    (self.cfg["board"], self.cfg["chip_id"], code,
+                                     self.security_floor(), slot_size, self.now()),
+                                    self.hw.nvs())
+            enc = f.get("encryption")
+            return {"version": f["version"], "version_code": f["version_code"],
+                    "security_counter": f["security_counter"], "sha256": f["sha256"],
+                    "size": f["size"], "payload_size": f["payload_size"],
+                    "iv": enc["iv"] if enc else None}, key
+        finally:
+            mpota.drop("verify", "manifest", "keys", "p256", "ecies", "enckey")
 
     def begin(self, raw, sig, url, claimed=None, source=None):
-        """Check a release before any byte of it is written: the manifest
-        (signature first) and, if encrypted, the content key.  Records
-        DOWNLOADING; returns (slot, manifest, content key, bytes already
+        """Check a release before any byte of it is written.  Records
+        DOWNLOADING; returns (slot, target, content key, bytes already
         written when the same release was interrupted).  claimed: the
         version_code the offer announced (a refusal is charged to it, not to
         a download in progress)."""
         if self.st.name in (state.STAGED, state.REBOOTING, state.PROBATION):
-            raise StateError("an update is already %s; apply or wait for it" % self.st.name)
-        target = self.hw.next_slot()
-        slot_size = target.ioctl(4, 0) * target.ioctl(5, 0)
+            raise StateError("update already %s: apply or wait" % self.st.name)
+        part = self.hw.next_slot()
         try:
-            m = manifest.check(raw, sig, self.keys, self.facts(slot_size))
-            key = self.content_key(m)
+            target, key = self.verify(raw, sig, part.ioctl(4, 0) * part.ioctl(5, 0))
         except Exception as e:  # whatever the release's bytes cause ends here
             err = e if isinstance(e, OTAError) else OTAError(
-                "the release could not be checked (%s: %s)" % (e.__class__.__name__, e))
-            self.fail(err, "release refused before anything was written", claimed)
+                "release unchecked: %s: %s" % (e.__class__.__name__, e))
+            self.fail(err, "release refused", claimed)
             raise err
-        resume = self.st.name == state.DOWNLOADING and \
-            (self.st.get("target") or {}).get("sha256") == m.sha256
-        written = resume_point(self.st.get("written", 0), m.payload_size) if resume else 0
-        self.st.save(state=state.DOWNLOADING, written=written, target={
-            "slot": self.hw.label(target), "version": m.version, "version_code": m.version_code,
-            "security_counter": m.security_counter, "sha256": m.sha256, "size": m.size,
-            "url": url, "source": source or url})
+        old = self.st.get("target") or {}
+        written = 0
+        if self.st.name == state.DOWNLOADING and old.get("sha256") == target["sha256"]:
+            written = self.st.get("written", 0)
+            if type(written) is not int or not 0 <= written <= target["payload_size"]:
+                written = 0  # a state file from elsewhere
+            written -= written % _BLOCK
+        label = self.hw.label(part)
+        target.update(slot=label, url=url, source=source or url)
         installed = dict(self.st.get("installed", {}))
-        installed.pop(self.hw.label(target), None)  # the old contents are going away
-        self.st.save(installed=installed)
+        installed.pop(label, None)  # the old contents are going away
+        self.st.save(state=state.DOWNLOADING, written=written, target=target,
+                     installed=installed)
         self.report("DOWNLOADING", "resuming at %d" % written if written else None,
-                    m.version_code)
-        return target, m, key, written
+                    target["version_code"])
+        return part, target, key, written
 
-    def writer(self, target, m, written, key):
+    def writer(self, part, target, written, key):
         """A SlotWriter for the release, resumed at written."""
-        enc = m.fields.get("encryption")
-        iv = binascii.unhexlify(enc["iv"]) if enc else None
-        writer = SlotWriter(target, m.size, self.buf, key, iv, m.payload_size)
+        from mpota.slot import SlotWriter
+
+        iv = target.get("iv")
+        writer = SlotWriter(part, target["size"], self.block(), key,
+                            binascii.unhexlify(iv) if iv else None, target["payload_size"])
         if written:
             writer.resume(written, self.hw.feed)
         return writer
 
-    def staged(self, m):
-        self.st.save(state=state.STAGED, written=m.payload_size, staged_at=time.time())
-        self.report("STAGED", None, m.version_code)
-        print("mpota: %s staged in %s" % (m.version, self.st.get("target")["slot"]))
+    def staged(self, target):
+        self.st.save(state=state.STAGED, written=target["payload_size"], staged_at=time.time())
+        self.report("STAGED", None, target["version_code"])
+        print("mpota: %s staged in %s" % (target["version"], target["slot"]))
 
-    def content_key(self, m):
-        """The content key of an encrypted release (None for a plain one)."""
-        enc = m.fields.get("encryption")
-        if enc is None:
-            return None
-        from mpota import ecies
-
-        return ecies.content_key(enc, self.hw.nvs())
-
-    def _download(self, target, m, written, key):
-        writer = self.writer(target, m, written, key)
-
-        shown = [written * 10 // m.payload_size]
+    def _download(self, part, target, written, key):
+        writer = self.writer(part, target, written, key)
+        total = target["payload_size"]
+        shown = [written * 10 // total]
 
         def progress(committed):
             self.st.save(written=committed)
             self.hw.feed()
-            tenth = committed * 10 // m.payload_size
+            tenth = committed * 10 // total
             if tenth > shown[0]:
                 shown[0] = tenth
-                print("mpota: downloaded %d%% (%d of %d bytes)"
-                      % (tenth * 10, committed, m.payload_size))
+                print("mpota: downloaded %d%%" % (tenth * 10))
 
-        fetch.download(self.client(), self.st.get("target")["url"], writer,
-                       self.cfg["download"], progress, feed=self.hw.feed)
-        self.client().close()
-        writer.check(m.sha256, self.hw.feed)
+        from mpota import fetch
+
+        try:
+            fetch.download(self.client(), target["url"], writer, self.cfg["download"],
+                           progress, feed=self.hw.feed)
+        finally:
+            mpota.drop("fetch")
+        # the connection stays open: the STAGED report goes over it
+        writer.check(target["sha256"], self.hw.feed)
 
     def fail(self, error, what, release=_TARGET):
         """Record and report a failed update.  release: the version_code of
@@ -262,13 +275,11 @@ class Agent:
         ends = release is _TARGET or (release is not None and release == current)
         if release is _TARGET:
             release = current
-        if isinstance(error, _REJECT):
-            self.reject(release)
         result = {"state": "FAILED", "code": code, "reason": reason, "version_code": release}
+        changes = {"last_result": result}
         if ends:
-            self.st.save(state=state.IDLE, written=0, last_result=result)
-        else:
-            self.st.save(last_result=result)
+            changes.update(state=state.IDLE, written=0)
+        self.reject(release if isinstance(error, _REJECT) else None, **changes)
         self.report("FAILED", "%s: %s" % (code, reason), release)
         print("mpota: FAILED (%s) %s" % (code, reason))
 
@@ -276,14 +287,13 @@ class Agent:
         """A download that will resume on the next poll: keep DOWNLOADING and
         its progress, record why it stopped, tell the server."""
         target = self.st.get("target") or {}
-        written = self.st.get("written", 0)
-        reason = "download interrupted at byte %d, resumes on the next poll: %s" \
-            % (written, error)
+        reason = "interrupted at byte %d, resumes on the next poll: %s" \
+            % (self.st.get("written", 0), error)
         code = getattr(error, "code", "error")
         self.st.save(last_result={"state": "INTERRUPTED", "code": code, "reason": reason,
                                   "version_code": target.get("version_code")})
         self.report("INTERRUPTED", "%s: %s" % (code, reason), target.get("version_code"))
-        print("mpota: %s" % reason)
+        print("mpota: download %s" % reason)
 
     def unexpected(self, error):
         """The last resort for an error that is not an OTAError: a download
@@ -301,51 +311,43 @@ class Agent:
 
     # applying
 
-    def may_reboot(self):
-        """None when a reboot is allowed now, else the reason it is not."""
-        from mpota.policy import reason_not_to_reboot
-
-        busy = self.busy is not None and self.busy()
-        return reason_not_to_reboot(self.cfg["policy"], busy, self.st.get("staged_at"),
-                                    time.time(), self.now())
-
     def apply(self, force=False):
-        """Reboot into the staged image when the policy allows it."""
-        if self.st.name != state.STAGED:
-            raise StateError("nothing is staged (state %s)" % self.st.name)
-        why = self.may_reboot()
-        if why is not None and not (force and why != "the application is busy"):
-            raise BusyError("not rebooting: " + why)
-        target = self.st.get("target")
-        slot = self.hw.next_slot()
-        if self.hw.label(slot) != target["slot"]:
-            raise StateError("the staged image is in %s but the next slot is %s"
-                             % (target["slot"], self.hw.label(slot)))
+        """Reboot into the staged image when the policy allows it (force
+        overrides all but a busy application)."""
+        from mpota import reboot
+
         try:
-            # the image waited in flash: check it again, then let the bootloader have it
-            check_slot(slot, target["size"], target["sha256"], self.buf, self.hw.feed)
+            return reboot.apply(self, force)
+        finally:
+            mpota.drop("reboot", "policy", "slot")
+
+    def poll(self):
+        """One step of background work: probation, apply, or check and update."""
+        name = self.st.name
+        if name == state.PROBATION:
+            from mpota import health
+
+            return health.run(self)
+        if name == state.STAGED:
             try:
-                slot.set_boot()  # ESP-IDF validates the image once more
-            except OSError as e:
-                raise ImageError(
-                    "the bootloader refused the image in %s (%s): its ESP image header is not "
-                    "valid for this chip (chip_id %d); publish firmware built for %s"
-                    % (target["slot"], e, self.cfg["chip_id"], self.cfg["board"]))
-        except OTAError as e:
-            self.fail(e, "staged image failed its final check")
-            raise
-        self.st.save(state=state.REBOOTING)
-        self.report("REBOOTING", None, target["version_code"])
-        print("mpota: rebooting into %s" % target["version"])
-        self.hw.reset()
+                self.apply()
+            except BusyError as e:
+                print("mpota: %s" % e)
+                return "WAITING"
+            return "REBOOTING"
+        offer = self.check()
+        if offer is None:
+            return "UP_TO_DATE"
+        return self.run_update(offer)
 
     def run_update(self, offer, source="server"):
         """install + apply as the policy says; returns a short result dict."""
-        m = self.install(offer, source)
+        target = self.install(offer, source)
         if not self.cfg["policy"]["auto_apply"]:
-            return {"result": "STAGED", "version": m.version, "apply": "mpota.apply()"}
+            return {"result": "STAGED", "version": target["version"], "apply": "mpota.apply()"}
         try:
             self.apply()
         except BusyError as e:
-            return {"result": "STAGED", "version": m.version, "waiting": str(e)}
-        return {"result": "REBOOTING", "version": m.version}
+            return {"result": "STAGED", "version": target["version"], "waiting": str(e)}
+        return {"result": "REBOOTING", "version": target["version"]}
+

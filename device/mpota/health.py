@@ -4,14 +4,32 @@
 #                              probation, notices a rollback and reports it
 # main.py:  mpota.probation()  runs the health checks, then confirms the
 #                              image or resets so the bootloader rolls back
-from mpota import otadata, state
+from mpota import state
 
-_POWER_ON = 1  # machine.PWRON_RESET: a power cut is no fault of the new image
+_PENDING_VERIFY = const(1)  # otadata.PENDING_VERIFY
+_POWER_ON = const(1)  # machine.PWRON_RESET: a power cut is no fault of the new image
 _REASONS = {
-    1: "power was lost before the new firmware confirmed itself",
+    1: "power lost before the new firmware confirmed itself",
     2: "the new firmware reset or crashed before confirming itself",
     3: "the watchdog fired before the new firmware confirmed itself (it hung)",
 }
+
+
+def classify(ota_state, name, target_slot, running, cause, failure):
+    """What this boot means (pure): (verdict, reason, reject).  verdict:
+    "probation" (the running image must prove itself), "confirmed" (it did,
+    but power went before the bookkeeping was saved), "rolled-back" (the
+    bootloader went back; reject: it was the firmware's fault) or None.
+    ota_state: the running slot's otadata state; name: the agent's state;
+    cause: machine.reset_cause(); failure: a failed health check's reason."""
+    if ota_state == _PENDING_VERIFY:
+        return "probation", None, False
+    if name in (state.REBOOTING, state.PROBATION):
+        if target_slot == running:
+            return "confirmed", None, False
+        reason = failure or _REASONS.get(cause, "the bootloader went back to the previous image")
+        return "rolled-back", reason, bool(failure) or cause != _POWER_ON
+    return None, None, False
 
 
 def on_boot(agent):
@@ -19,28 +37,22 @@ def on_boot(agent):
     hw, st = agent.hw, agent.st
     running = agent.running_label()
     target = st.get("target") or {}
-    if hw.running_ota_state() == otadata.PENDING_VERIFY:
+    verdict, reason, reject = classify(hw.running_ota_state(), st.name, target.get("slot"),
+                                       running, hw.reset_cause(), st.get("probation_failure"))
+    if verdict == "probation":
         hw.watchdog(agent.cfg["watchdog_ms"])
         st.save(state=state.PROBATION)
-        print("mpota: %s (%s) is on probation; watchdog armed (%d ms)"
+        print("mpota: %s (%s) on probation; watchdog %d ms"
               % (running, target.get("version", "?"), agent.cfg["watchdog_ms"]))
-        return state.PROBATION
-    if st.name in (state.REBOOTING, state.PROBATION):
-        if target.get("slot") == running:
-            # confirmed, but the power went before the bookkeeping was saved
-            _confirmed(agent, target)
-        else:
-            cause = hw.reset_cause()
-            failure = st.get("probation_failure")
-            reason = failure or _REASONS.get(
-                cause, "the bootloader went back to the previous image")
-            st.save(state=state.IDLE, probation_failure=None, written=0, last_result={
-                "state": "ROLLED_BACK", "reason": reason,
-                "version_code": target.get("version_code")})
-            if failure or cause != _POWER_ON:
-                agent.reject(target.get("version_code"))  # the firmware's fault: not again
-            print("mpota: ROLLED_BACK from %s: %s" % (target.get("version", "?"), reason))
-            agent.report("ROLLED_BACK", reason, target.get("version_code"))
+    elif verdict == "confirmed":
+        confirmed(agent, target)
+    elif verdict == "rolled-back":
+        code = target.get("version_code")
+        agent.reject(code if reject else None, state=state.IDLE, probation_failure=None,
+                     written=0, last_result={"state": "ROLLED_BACK", "reason": reason,
+                                             "version_code": code})
+        print("mpota: ROLLED_BACK from %s: %s" % (target.get("version", "?"), reason))
+        agent.report("ROLLED_BACK", reason, code)
     return st.name
 
 
@@ -102,7 +114,7 @@ def _checks(agent, target):
 def run(agent):
     """Health-check an image on probation; confirm it or reset."""
     hw, st = agent.hw, agent.st
-    if hw.running_ota_state() != otadata.PENDING_VERIFY:
+    if hw.running_ota_state() != _PENDING_VERIFY:
         return None  # nothing on probation
     target = st.get("target") or {}
     failures = _checks(agent, target)
@@ -114,11 +126,13 @@ def run(agent):
         hw.reset()
         return "RESET"  # not reached on a board
     hw.mark_valid()
-    _confirmed(agent, target)
+    confirmed(agent, target)
     return "CONFIRMED"
 
 
-def _confirmed(agent, target):
+def confirmed(agent, target):
+    """The running image is confirmed: raise the security floor, remember
+    what the slot holds, report."""
     hw, st = agent.hw, agent.st
     running = agent.running_label()
     counter = target.get("security_counter", 0)

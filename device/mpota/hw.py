@@ -6,10 +6,6 @@ import time
 import esp32
 import machine
 
-from mpota import otadata
-
-
-
 _GIVE_UP = (201, 202, 203)  # network.STAT_NO_AP_FOUND, _WRONG_PASSWORD, _ASSOC_FAIL
 
 
@@ -38,6 +34,8 @@ class Hardware:
         parts = esp32.Partition.find(esp32.Partition.TYPE_DATA, 0x00)
         if not parts:
             return None
+        from mpota import otadata  # dropped by the caller's phase (boot, REPL)
+
         entries = otadata.read_entries(parts[0])
         return otadata.running_state(entries, self.running().info()[1], self.slot_count())
 

@@ -30,12 +30,12 @@ def begin(manifest_b64, signature_b64):
     except ValueError as e:
         raise StateError("the manifest or signature sent is not base64 (%s): send the "
                          "release directory's files unchanged" % e)
-    target, m, key, written = agent.begin(raw, sig, "push:serial")  # refusals recorded there
+    part, target, key, written = agent.begin(raw, sig, "push:serial")  # refusals recorded
     _session.clear()
-    writer = agent.writer(target, m, written, key)  # resumes at a whole block
-    _session.update(agent=agent, m=m, writer=writer, saved=writer.committed)
-    print("mpota: receiving %s (%d bytes) at byte %d" % (m.version, m.payload_size,
-                                                         writer.offset))
+    writer = agent.writer(part, target, written, key)  # resumes at a whole block
+    _session.update(agent=agent, target=target, writer=writer, saved=writer.committed)
+    print("mpota: receiving %s (%d bytes) at byte %d" % (target["version"],
+                                                         target["payload_size"], writer.offset))
     return writer.offset - writer.iv_needed()
 
 
@@ -86,13 +86,13 @@ def finish():
     writer = _session.get("writer")
     if writer is None:
         raise StateError("no push in progress: call begin() first")
-    agent, m = _session["agent"], _session["m"]
+    agent, target = _session["agent"], _session["target"]
     try:
-        writer.check(m.sha256, agent.hw.feed)
+        writer.check(target["sha256"], agent.hw.feed)
     except OTAError as e:
         agent.fail(e, "pushed image failed its check")
         _session.clear()
         raise
-    agent.staged(m)
+    agent.staged(target)
     _session.clear()
     return "STAGED"

@@ -1,6 +1,10 @@
 # The technician's REPL commands that are not part of the update path.
-from mpota import health, otadata, state
+# Loaded for the call and dropped after (mpota._phase).
+from mpota import state
 from mpota.errors import BusyError, StateError
+
+_PENDING_VERIFY = const(1)  # otadata.PENDING_VERIFY
+_MAX_MANIFEST = const(4096)  # manifest.MAX_MANIFEST (not imported: it loads the verifier)
 
 
 def status(agent):
@@ -8,11 +12,13 @@ def status(agent):
     running = agent.running_label()
     version, code = agent.installed(running)
     ota = hw.running_ota_state()
+    from mpota.otadata import NAMES
+
     info = {
         "running": running,
         "version": version,
         "version_code": code,
-        "ota_state": otadata.NAMES.get(ota, "-") if ota is not None else "-",
+        "ota_state": NAMES.get(ota, "-") if ota is not None else "-",
         "next_slot": hw.label(hw.next_slot()),
         "state": st.name,
         "written": st.get("written", 0),
@@ -31,31 +37,15 @@ def status(agent):
     return info
 
 
-def poll(agent):
-    """One step of background work: probation, resume, apply or check."""
-    name = agent.st.name
-    if name == state.PROBATION:
-        return health.run(agent)
-    if name == state.STAGED:
-        try:
-            agent.apply()
-        except BusyError as e:
-            print("mpota: %s" % e)
-            return "WAITING"
-        return "REBOOTING"
-    offer = agent.check()
-    if offer is None:
-        return "UP_TO_DATE"
-    return agent.run_update(offer)
-
-
 def confirm(agent):
     """Confirm the running image now, skipping the health checks."""
-    if agent.hw.running_ota_state() != otadata.PENDING_VERIFY:
+    if agent.hw.running_ota_state() != _PENDING_VERIFY:
         print("mpota: the running image is not on probation; nothing to confirm")
         return None
     agent.hw.mark_valid()
-    health._confirmed(agent, agent.st.get("target") or {})
+    from mpota import health
+
+    health.confirmed(agent, agent.st.get("target") or {})
     return "CONFIRMED"
 
 
@@ -123,14 +113,12 @@ def offer_from_url(agent, base):
     """An offer for a release directory served at base (manifest.json,
     manifest.sig, payload), e.g. a CDN or a technician's laptop; base may
     also be the URL of the release's manifest.json."""
-    from mpota.manifest import MAX_MANIFEST
-
     if base.endswith("/manifest.json"):
         base = base[:-len("manifest.json")]
     base = base.rstrip("/") + "/"
     c = agent.client()
     parts = []
-    for name, limit in (("manifest.json", MAX_MANIFEST), ("manifest.sig", 64)):
+    for name, limit in (("manifest.json", _MAX_MANIFEST), ("manifest.sig", 64)):
         r = c.expect(c.request("GET", base + name), 200)
         parts.append(r.read_all(limit))
     return {"update": True, "raw_manifest": parts[0], "raw_signature": parts[1],

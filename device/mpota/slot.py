@@ -7,7 +7,7 @@ import hashlib
 
 import cryptolib
 
-from mpota.errors import ImageError, SlotTooSmall, StateError, TransportError
+from mpota.errors import ImageError, ManifestError, StateError, TransportError
 
 BLOCK = const(4096)
 
@@ -28,8 +28,8 @@ class SlotWriter:
     def __init__(self, part, size, buf, key=None, iv=None, total=None):
         capacity = part.ioctl(4, 0) * part.ioctl(5, 0)
         if size > capacity:
-            raise SlotTooSmall("image is %d bytes, slot %s holds %d"
-                               % (size, part.info()[4], capacity))
+            raise ManifestError("image is %d bytes, slot %s holds %d"
+                                % (size, part.info()[4], capacity), "too-large")
         self.part = part
         self.size = size  # image bytes to write and hash
         self.total = total or size  # payload bytes to download

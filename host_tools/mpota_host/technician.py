@@ -80,7 +80,11 @@ class BoardLink:
             text = err.decode(errors="replace").strip()
             if "no module named 'mpota'" in text:
                 raise NoAgentError("the board has no mpota agent: run 'mpota provision' first")
-            raise BoardLinkError(f"the board reported an error:\n{text}")
+            # the agent's own lines name the failure's code: "mpota: FAILED (bad-signature) ..."
+            said = [ln for ln in out.decode(errors="replace").splitlines()
+                    if ln.startswith("mpota: ")]
+            raise BoardLinkError("the board reported an error:\n"
+                                 + "".join(ln + "\n" for ln in said[-3:]) + text)
         return str(out.decode(errors="replace"))
 
     def run_until_reboot(self, code: str, out: Callable[[str], None],
@@ -172,7 +176,7 @@ if info["agent"]:
         info.update(version=version, version_code=code, state=a.st.name,
                     last_result=a.st.get("last_result"), written=a.st.get("written", 0))
     except Exception as e:
-        info["agent_error"] = "%s: %s" % (e.__class__.__name__, e)
+        info["agent_error"] = "%s: %s" % (getattr(e, "code", e.__class__.__name__), e)
 print("MPOTA-JSON " + json.dumps(info))
 """
 _STATES = {0: "NEW", 1: "PENDING_VERIFY", 2: "VALID", 3: "INVALID", 4: "ABORTED",

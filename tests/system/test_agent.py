@@ -37,12 +37,15 @@ def story(records: list[BootRecord]) -> list[tuple[str | None, str | None, str]]
     return [(r.slot, r.version, r.kind) for r in records]
 
 
-def test_happy_path_in_a_64k_heap(fleet) -> None:
+@pytest.mark.parametrize("heap, frozen", [("64K", ()), ("40K", AGENT_MODULES)],
+                         ids=["mpy-64K", "frozen-40K"])
+def test_happy_path_in_a_small_heap(fleet, heap: str, frozen: tuple[str, ...]) -> None:
     fleet.publish("2.0.0", 2, size=1536 * 1024)
     board = fleet.device(config=WIFI)
     board.clear_counters()
-    # mpota frozen into the firmware (as for production); the update's data gets 64 KiB
-    records = board.boot(max_boots=4, heapsize="64K", frozen=AGENT_MODULES)
+    # the agent as .mpy files (as mip and mpota provision install it) in a 64 KiB
+    # heap, and frozen into the firmware in 40 KiB
+    records = board.boot(max_boots=4, heapsize=heap, frozen=frozen)
     assert story(records) == [("ota_0", "1.0.0", "reset"), ("ota_1", "2.0.0", "repl")], \
         records[-1].output
     assert "CONFIRMED 2.0.0 in ota_1" in records[1].output
@@ -106,7 +109,7 @@ def test_wrong_ca_is_refused(fleet) -> None:
     board = fleet.device(ca_der=other.ca_der.read_bytes(), config=WIFI)
     board.clear_counters()
     records = board.boot(max_boots=2)
-    _refused(board, records, "TLSError")
+    _refused(board, records, "mpota: tls:")
     assert board.counters().in_range(SLOT1, 0x180000) == (0, 0)
 
 
@@ -120,7 +123,7 @@ def test_wrong_hostname_is_refused(fleet) -> None:
                           key=elsewhere.key)
     try:
         board = fleet.device(port=server.port, ca_der=elsewhere.ca_der.read_bytes(), config=WIFI)
-        _refused(board, board.boot(max_boots=2), "TLSError")
+        _refused(board, board.boot(max_boots=2), "mpota: tls:")
     finally:
         server.stop()
 
@@ -143,14 +146,14 @@ def test_release_signed_by_an_unknown_key(fleet) -> None:
     fleet.publish("2.0.0", 2, key=ec.generate_private_key(ec.SECP256R1()))
     board = fleet.device(config=WIFI)
     board.clear_counters()
-    _refused(board, board.boot(max_boots=2), "UnknownKeyError")
+    _refused(board, board.boot(max_boots=2), "mpota: unknown-key:")
     assert board.counters().in_range(SLOT1, 0x180000) == (0, 0)
     assert agent_state(board)["last_result"]["code"] == "unknown-key"
 
 
 @pytest.mark.parametrize(("version_code", "board_name", "error"), [
-    (3, "esp32-generic-4mb", "RollbackError"),  # device runs version_code 5
-    (9, "esp32-generic-8mb", "BoardMismatch"),
+    (3, "esp32-generic-4mb", "mpota: downgrade:"),  # device runs version_code 5
+    (9, "esp32-generic-8mb", "mpota: wrong-board:"),
 ])
 def test_direct_release_refused_on_the_device(fleet, version_code: int, board_name: str,
                                               error: str) -> None:
@@ -265,7 +268,7 @@ def test_bad_config_is_reported(fleet) -> None:
     fleet.publish("2.0.0", 2)
     board = fleet.device(config=WIFI | {"server": "http://localhost:1"})
     records = board.boot(max_boots=1)
-    assert "ConfigError" in records[0].output and "must be an https:// URL" in records[0].output
+    assert "mpota: config:" in records[0].output and "must be an https:// URL" in records[0].output
     assert otadata_states(board) == ["VALID", "UNDEFINED"]
 
 

@@ -50,12 +50,16 @@ def resign(fleet: Fleet, rel: Path, change: Any) -> None:
     (rel / "manifest.sig").write_bytes(keys.sign(fleet.key, raw))
 
 
-def test_encrypted_update_in_a_64k_heap(fleet: Fleet, enc: keys.KeyPair) -> None:
+@pytest.mark.parametrize("heap, frozen", [("64K", ()), ("40K", AGENT_MODULES)],
+                         ids=["mpy-64K", "frozen-40K"])
+def test_encrypted_update_in_a_small_heap(fleet: Fleet, enc: keys.KeyPair, heap: str,
+                                          frozen: tuple[str, ...]) -> None:
     rel = publish_encrypted(fleet, enc, size=1536 * 1024)
     manifest = json.loads((rel / "manifest.json").read_text())
     assert manifest["encryption"]["recipients"][0]["key_id"] == enc.key_id
     board = fleet.device(config=WIFI, enc_key=enc.private)
-    records = board.boot(max_boots=3, heapsize="64K", frozen=AGENT_MODULES)
+    # .mpy files in 64 KiB, frozen in 40 KiB
+    records = board.boot(max_boots=3, heapsize=heap, frozen=frozen)
     assert story(records) == [("ota_0", "1.0.0", "reset"), ("ota_1", "2.0.0", "repl")], \
         records[0].output
     assert fleet.states(device_id(board))[-1] == "CONFIRMED"
@@ -78,7 +82,7 @@ def test_payload_reveals_nothing_of_the_image(fleet: Fleet, enc: keys.KeyPair) -
 
 def test_device_without_a_key(fleet: Fleet, enc: keys.KeyPair) -> None:
     publish_encrypted(fleet, enc)
-    state = refused(fleet.device(config=WIFI), "NoDecryptionKey")
+    state = refused(fleet.device(config=WIFI), "mpota: no-decryption-key:")
     assert state["last_result"]["code"] == "no-decryption-key"
 
 
@@ -86,7 +90,7 @@ def test_device_with_another_key(fleet: Fleet, enc: keys.KeyPair) -> None:
     publish_encrypted(fleet, enc)
     board = fleet.device(config=WIFI)
     public = provision.generate_device_key(board.exec)  # a device-unique key, not a recipient
-    state = refused(board, "NotARecipient")
+    state = refused(board, "mpota: not-a-recipient:")
     assert keys.key_id(public) in state["last_result"]["reason"]
     assert enc.key_id in state["last_result"]["reason"]
 
@@ -121,7 +125,7 @@ def test_tampered_wrapped_key(fleet: Fleet, enc: keys.KeyPair) -> None:
 
     resign(fleet, rel, flip)
     board = fleet.device(config=WIFI, enc_key=enc.private)
-    state = refused(board, "KeyUnwrapError")
+    state = refused(board, "mpota: key-unwrap:")
     assert state["last_result"]["code"] == "key-unwrap"
     assert board.counters().in_range(SLOT1, 0x180000) == (0, 0)
 

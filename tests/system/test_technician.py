@@ -45,6 +45,17 @@ def serial(request: pytest.FixtureRequest) -> Iterator[list[SerialBoard]]:
         b.stop()
 
 
+def settled_state(board: SimBoard) -> dict[str, Any]:
+    """The agent's state file once it parses: after a pulled cable the board runs
+    on and may be replacing the file while the host reads it."""
+    for _ in range(100):
+        try:
+            return agent_state(board)
+        except json.JSONDecodeError:
+            time.sleep(0.05)
+    return agent_state(board)
+
+
 def on_serial(serial: list[SerialBoard], board: SimBoard, baud: int | None = None) -> SerialBoard:
     s = SerialBoard(board, baud=baud)
     serial.append(s)
@@ -186,7 +197,7 @@ def test_push_survives_a_pulled_cable(fleet: Fleet, serial, encrypted: bool,
             technician.push_release(link, rel, 115200, pull)
         finally:
             link.close()
-    state = agent_state(board)
+    state = settled_state(board)
     assert state["state"] == "DOWNLOADING" and state["written"] > 0, state
     port = s.replug()
     if pull_at == 1.0:
@@ -221,7 +232,7 @@ def test_tampered_release_pushed_offline_is_refused(fleet: Fleet, serial) -> Non
     assert [e["state"] for e in info["otadata"]] == ["VALID", "UNDEFINED"]
     (rel / "manifest.json").write_text((rel / "manifest.json").read_text().replace("2.0.0", "9"))
     proc = mpota("push", "--port", s.port, str(rel), check=False)
-    assert "SignatureError" in proc.stderr, proc.stderr
+    assert "FAILED (bad-signature)" in proc.stderr, proc.stderr
 
 
 def test_push_of_a_payload_that_is_no_app_image_ends_failed(fleet: Fleet, serial) -> None:
