@@ -14,13 +14,9 @@ import time
 
 import mpota
 from mpota import state
-from mpota.errors import (BusyError, DecryptionError, DownloadError, ImageError, ManifestError,
-                          OTAError, StateError)
+from mpota.errors import BusyError, DownloadError, OTAError, StateError
 
 _BLOCK = const(4096)
-_TARGET = object()  # fail(): the release that failed is the in-progress target
-# what puts a release on the rejected list: its signed bytes failed verification
-_REJECT = (ManifestError, ImageError, DecryptionError)
 
 
 class Agent:
@@ -35,8 +31,8 @@ class Agent:
         self._buf = None
 
     def block(self):
-        """The one 4096-byte block buffer, taken when a download or a check
-        needs it (after the verifier's modules went) and kept until close()."""
+        """The one 4096-byte block buffer, taken when an install or a check
+        starts and kept until close()."""
         if self._buf is None:
             self._buf = memoryview(bytearray(_BLOCK))
         return self._buf
@@ -130,6 +126,7 @@ class Agent:
     def check(self, skip_rejected=True):
         """Ask the server for an update: the offer (dict) or None.  Releases
         that failed on this device before are skipped unless asked for."""
+        self.block()  # an install may follow: take its buffer while the heap is in one piece
         _, code = self.running_version()
         offer = self._link("check", code)
         if not offer["update"]:
@@ -145,13 +142,15 @@ class Agent:
     def install(self, offer, source="server"):
         """Verify the offer's manifest, download into the next slot and check
         it.  Leaves the agent STAGED (apply() selects the image for boot);
-        returns the target (dict); raises an OTAError on failure.  source:
+        returns the target (dict); raises an OTAError on failure.  The offer's
+        manifest and signature are taken out of it.  source:
         "server" for an offer from the mpota server, else the release's URL."""
         claimed = offer.get("version_code")
         try:
-            raw = offer.get("raw_manifest") or binascii.a2b_base64(offer["manifest"])
-            sig = offer.get("raw_signature") or binascii.a2b_base64(offer["signature"])
-        except (ValueError, TypeError) as e:
+            # taken out of the offer: their text is not kept through the download
+            raw = offer.pop("raw_manifest", None) or binascii.a2b_base64(offer.pop("manifest"))
+            sig = offer.pop("raw_signature", None) or binascii.a2b_base64(offer.pop("signature"))
+        except (ValueError, TypeError, KeyError) as e:
             err = DownloadError("offer: manifest or signature not base64 (%s)" % e)
             self.fail(err, "release refused", claimed)
             raise err
@@ -200,6 +199,7 @@ class Agent:
         if self.st.name in (state.STAGED, state.REBOOTING, state.PROBATION):
             raise StateError("update already %s: apply or wait" % self.st.name)
         part = self.hw.next_slot()
+        self.block()  # before the verifier's modules come and go (fragmentation)
         try:
             target, key = self.verify(raw, sig, part.ioctl(4, 0) * part.ioctl(5, 0))
         except Exception as e:  # whatever the release's bytes cause ends here
@@ -263,51 +263,25 @@ class Agent:
         # the connection stays open: the STAGED report goes over it
         writer.check(target["sha256"], self.hw.feed)
 
-    def fail(self, error, what, release=_TARGET):
-        """Record and report a failed update.  release: the version_code of
-        the release that failed when it is not (or not known to be) the
-        in-progress target, e.g. a refused new offer; the target's state and
-        progress are then left alone.  Only a release whose signed bytes
-        failed verification is put on the rejected list."""
-        reason = "%s: %s" % (what, error)
-        code = getattr(error, "code", "error")
-        current = (self.st.get("target") or {}).get("version_code")
-        ends = release is _TARGET or (release is not None and release == current)
-        if release is _TARGET:
-            release = current
-        result = {"state": "FAILED", "code": code, "reason": reason, "version_code": release}
-        changes = {"last_result": result}
-        if ends:
-            changes.update(state=state.IDLE, written=0)
-        self.reject(release if isinstance(error, _REJECT) else None, **changes)
-        self.report("FAILED", "%s: %s" % (code, reason), release)
-        print("mpota: FAILED (%s) %s" % (code, reason))
+    # failures: recorded by mpota.outcome, loaded when one happens
+
+    def _outcome(self, fn, *args):
+        from mpota import outcome
+
+        try:
+            getattr(outcome, fn)(self, *args)
+        finally:
+            mpota.drop("outcome")
+
+    def fail(self, error, what, release="target"):
+        """Record and report a failed update (see outcome.fail)."""
+        self._outcome("fail", error, what, release)
 
     def interrupted(self, error):
-        """A download that will resume on the next poll: keep DOWNLOADING and
-        its progress, record why it stopped, tell the server."""
-        target = self.st.get("target") or {}
-        reason = "interrupted at byte %d, resumes on the next poll: %s" \
-            % (self.st.get("written", 0), error)
-        code = getattr(error, "code", "error")
-        self.st.save(last_result={"state": "INTERRUPTED", "code": code, "reason": reason,
-                                  "version_code": target.get("version_code")})
-        self.report("INTERRUPTED", "%s: %s" % (code, reason), target.get("version_code"))
-        print("mpota: download %s" % reason)
+        self._outcome("interrupted", error)
 
     def unexpected(self, error):
-        """The last resort for an error that is not an OTAError: a download
-        starts again cleanly; a staged or booting update keeps its state (the
-        bootloader and probation still guard it).  Never rejects a release."""
-        if self.st.name in (state.IDLE, state.DOWNLOADING):
-            self.fail(error, "unexpected %s" % error.__class__.__name__)
-            return
-        target = (self.st.get("target") or {}).get("version_code")
-        reason = "unexpected %s: %s" % (error.__class__.__name__, error)
-        self.st.save(last_result={"state": "FAILED", "code": "error", "reason": reason,
-                                  "version_code": target})
-        self.report("FAILED", "error: " + reason, target)
-        print("mpota: FAILED (error) %s; the update stays %s" % (reason, self.st.name))
+        self._outcome("unexpected", error)
 
     # applying
 
