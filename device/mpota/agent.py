@@ -126,7 +126,6 @@ class Agent:
     def check(self, skip_rejected=True):
         """Ask the server for an update: the offer (dict) or None.  Releases
         that failed on this device before are skipped unless asked for."""
-        self.block()  # an install may follow: take its buffer while the heap is in one piece
         _, code = self.running_version()
         offer = self._link("check", code)
         if not offer["update"]:
