@@ -124,22 +124,14 @@ def status():
 
 
 def check():
-    def run(a):
-        offer = a.check()
-        if offer is None:
-            print("mpota: up to date")
-            return None
-        print("mpota: update available: %s (version_code %s)"
-              % (offer.get("version"), offer.get("version_code")))
-        return offer
-
-    return _guard(run)
+    return _phase("repl", "check")
 
 
 def update(url_or_release=None):
     """Check (or take the release at a URL / an offer dict), download,
     verify, stage, and reboot when the policy allows."""
     def run(a):
+        a.block()  # the install's 4 KiB in one piece, before the heap fragments
         offer = url_or_release
         source = "server"
         if offer is None:

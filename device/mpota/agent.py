@@ -308,6 +308,7 @@ class Agent:
                 print("mpota: %s" % e)
                 return "WAITING"
             return "REBOOTING"
+        self.block()  # before the check: 4 KiB in one piece while the heap still has it
         offer = self.check()
         if offer is None:
             return "UP_TO_DATE"

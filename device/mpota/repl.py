@@ -37,6 +37,17 @@ def status(agent):
     return info
 
 
+def check(agent):
+    """Ask the server; the offer (dict) or None, printed."""
+    offer = agent.check()
+    if offer is None:
+        print("mpota: up to date")
+        return None
+    print("mpota: update available: %s (version_code %s)"
+          % (offer.get("version"), offer.get("version_code")))
+    return offer
+
+
 def confirm(agent):
     """Confirm the running image now, skipping the health checks."""
     if agent.hw.running_ota_state() != _PENDING_VERIFY:
