@@ -48,6 +48,10 @@ class Agent:
                                   d["redirects"])
         return self._client
 
+    def spare(self):
+        """The block buffer if it is taken (free until the download starts), else None."""
+        return self._buf
+
     def free_block(self):
         self._buf = None
 

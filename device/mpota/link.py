@@ -5,7 +5,7 @@
 # link=fake)): see tests/device/test_agent_unit.py.
 import json
 
-from mpota.errors import ConfigError, DownloadError
+from mpota.errors import ConfigError, DownloadError, TransportError
 
 _OFFER_LIMIT = const(12288)
 
@@ -25,8 +25,19 @@ def check(agent, code):
     c = agent.client()
     r = c.expect(c.request("GET", "/v1/update?board=%s&version_code=%d"
                            % (agent.cfg["board"], code), auth), 200)
+    n = r.length
+    buf = agent.spare()  # the install's block buffer, when an install may follow
     try:
-        offer = json.loads(r.read_all(_OFFER_LIMIT))
+        if buf is not None and n is not None and n <= len(buf):
+            got = 0
+            while got < n:  # read into the buffer and parse it there: no copy
+                k = r.readinto(buf[got:n])
+                if not k:
+                    raise TransportError("update check: answer cut short")
+                got += k
+            offer = json.loads(buf[:n])
+        else:
+            offer = json.loads(r.read_all(_OFFER_LIMIT))
     except ValueError:
         raise DownloadError("update check: answer is not JSON")
     if type(offer) is not dict or type(offer.get("update")) is not bool:
