@@ -37,12 +37,33 @@ def _largest_block():
     return lo
 
 
+_frozen = {}  # name -> module: frozen modules stay alive whatever the agent drops
+_import = __import__
+
+
+def _frozen_import(name, *args):
+    # On a board, importing a frozen module again after `del sys.modules[...]`
+    # finds its code in flash; here the preloaded module object is put back
+    # (it was never freed: its memory is outside the heap budget, as in flash).
+    for full, module in _frozen.items():
+        if full not in sys.modules:
+            sys.modules[full] = module
+            parent, _, child = full.rpartition(".")
+            if parent in sys.modules:
+                setattr(sys.modules[parent], child, module)
+    return _import(name, *args)
+
+
 def _preload():
     # Modules frozen into the firmware: on a board their code lives in flash.
     names = os.getenv("MPOTA_SIM_FROZEN")
     if names:
         for name in names.split(","):
             __import__(name)
+            _frozen[name] = sys.modules[name]
+        import builtins
+
+        builtins.__import__ = _frozen_import
 
 
 def hold_heap():
