@@ -22,6 +22,7 @@ import simboard
 import simfs
 
 _ballast = []
+_SLACK = const(96)
 
 
 def _largest_block():
@@ -72,21 +73,41 @@ def hold_heap():
     if not budget:
         return
     budget = int(budget)
+    names = int(os.getenv("MPOTA_SIM_NAMES") or 0)
+    if names:
+        import simnames
+
+        simnames.make_room(names)
+        budget -= simnames.esp32_cost(names)  # what the names take on a board
     gc.collect()
     if gc.mem_free() < budget:
         raise MemoryError("the simulator needs %d more bytes of heap" % (budget - gc.mem_free()))
+    # Slots for the small blocks that will fill the holes, taken before the
+    # budget is carved out (a list growing while it fills would eat into it).
+    holes = [None] * ((gc.mem_free() - budget) // 64 + 16)
+    _ballast.append(holes)
     # The largest free block is the heap's tail: keep its last `budget` bytes.
     tail = _largest_block()
     gc.collect()
     if tail > budget + 256:
         _ballast.append(bytearray(tail - budget - 64))
-    # Fill the holes the sim's loading left (first fit puts small blocks there).
-    for _ in range(4):
+    # Fill the holes the sim's loading left (first fit puts small blocks there),
+    # then give back any overshoot: device code finds the budget free, to
+    # within a block or two.
+    used = 0
+    for _ in range(8):
+        gc.collect()
         excess = gc.mem_free() - budget
-        if excess < 128:
+        if -_SLACK <= excess <= _SLACK:
             break
-        for _ in range(excess // 64):
-            _ballast.append(bytearray(32))  # 48 bytes with its object header
+        if excess > 0:
+            for _ in range(min(excess // 64, len(holes) - used)):
+                holes[used] = bytearray(32)  # 64 bytes with its object header here
+                used += 1
+        else:
+            for _ in range(min(-excess // 64 + 1, used)):
+                used -= 1
+                holes[used] = None
 
 
 def run_script(path, ns):

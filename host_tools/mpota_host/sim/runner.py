@@ -86,6 +86,47 @@ def compiled_agent() -> Path:
     return compile_tree(DEVICE_DIR / "mpota", BUILD_DIR / "device-mpy" / "mpota").parent
 
 
+def _vuint(data: bytes, at: int) -> tuple[int, int]:
+    value = 0
+    while True:
+        byte = data[at]
+        at += 1
+        value = (value << 7) | (byte & 0x7F)
+        if not byte & 0x80:
+            return value, at
+
+
+def mpy_names(path: Path) -> set[bytes]:
+    """The names a .mpy file interns when it is imported: its qstr table
+    without the static (built-in) ones (MicroPython's persistentcode.c)."""
+    data = path.read_bytes()
+    if len(data) < 4 or data[0] != ord("M") or data[1] != 6:
+        raise SimulatorError(f"{path} is not a version 6 .mpy file")
+    count, at = _vuint(data, 4)
+    _, at = _vuint(data, at)  # number of constant objects
+    names = set()
+    for _ in range(count):
+        entry, at = _vuint(data, at)
+        if entry & 1:
+            continue  # a static qstr: in every firmware's ROM
+        length = entry >> 1
+        names.add(data[at:at + length])
+        at += length + 1  # and its NUL
+    return names
+
+
+def board_names(fs: Path, frozen: tuple[str, ...] = ()) -> int:
+    """How many distinct names the board's .mpy files (not frozen ones) can
+    intern: the simulator charges them at the ESP32's cost (see simrun)."""
+    names: set[bytes] = set()
+    for path in fs.rglob("*.mpy"):
+        relative = path.relative_to(fs / "lib" if path.is_relative_to(fs / "lib") else fs)
+        module = ".".join(relative.with_suffix("").parts).removesuffix(".__init__")
+        if module not in frozen:
+            names |= mpy_names(path)
+    return len(names)
+
+
 def micropython_command() -> str:
     """The unix-port ``micropython`` next to this Python, else on PATH."""
     local = Path(sys.executable).with_name("micropython")
@@ -133,6 +174,7 @@ def command(
     budget = heap_bytes(heapsize)
     full_env["MPOTA_SIM_HEAP_BUDGET"] = str(budget)
     full_env["MPOTA_SIM_FROZEN"] = ",".join(frozen)
+    full_env["MPOTA_SIM_NAMES"] = str(board_names(Path(str(flash) + ".sim") / "fs", frozen))
     if isinstance(target, Path):
         target = str(target.resolve())
     overhead = SIM_HEAP_OVERHEAD + (FROZEN_HEAP_OVERHEAD if frozen else 0)
