@@ -42,12 +42,12 @@ def test_device_code_finds_its_budget_free(board_with_agent: SimBoard, heapsize:
 def test_names_are_charged_at_an_esp32_s_cost(board_with_agent: SimBoard) -> None:
     names = runner.board_names(board_with_agent.fs)
     assert 200 < names < 1200  # the agent's own names, none of the built-in ones
-    cost = unix_results("""
+    cost = unix_results(f"""
 import sys
-sys.path.append(%r)
+sys.path.append({str(runner.SIM_DIR)!r})
 import simnames
-result([simnames.esp32_cost(n) for n in (1, 20, 21, 60, 61, %d)])
-""" % (str(runner.SIM_DIR), names))[0]
+result([simnames.esp32_cost(n) for n in (1, 20, 21, 60, 61, {names})])
+""")[0]
     # pools of 20, 40, 80... entries, 7 bytes each plus a header, in 16-byte blocks
     assert cost[:5] == [160, 160, 464, 464, 1040]
     free = _free_at_start(board_with_agent, "64K")
