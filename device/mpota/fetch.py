@@ -1,7 +1,9 @@
 # The payload into a SlotWriter: one request from the resume point to the
-# end (Range: bytes=N-) read in blocks, progress saved every opts["window"]
-# bytes; after a drop, reconnect with exponential backoff and jitter and go on
-# from the last whole block with one new request.  Never reads past the
+# end (Range: bytes=N-) read in blocks; progress(committed) is saved when at
+# least opts["window"] bytes and opts["save_ms"] ms (default 1000) have passed
+# since the last save, before a retry and at the end (each save is a flash
+# write); after a drop, reconnect with exponential backoff and jitter and go
+# on from the last whole block with one new request.  Never reads past the
 # payload's size.  Only retryable errors (drops, stalls, 5xx) are retried.
 import gc
 import os
@@ -10,33 +12,16 @@ import time
 from mpota.errors import DownloadError, OTAError, TransportError
 
 
-def _span(r, start, size):
-    # the payload bytes a 206 answer carries from start (fewer than asked is
-    # allowed: the rest is asked for next); anything else is refused
-    text = r.headers.get("content-range", "")
-    try:
-        unit, spec = text.split(" ", 1)
-        span, total = spec.split("/")
-        first, last = span.split("-")
-        first, last, total = int(first), int(last), int(total)
-        if unit != "bytes":
-            raise ValueError
-    except ValueError:
-        raise DownloadError("bad Content-Range %r from %s" % (text[:40], r.url()))
-    count = last - first + 1
-    if first != start or total != size or not 0 < count <= size - start or \
-            r.length not in (None, count):
-        raise DownloadError("%s sent %s (Content-Length %s) for bytes=%d- of %d"
-                            % (r.url(), text[:40], r.length, start, size))
-    return count
-
-
-def download(client, url, writer, opts, progress=None, sleep_ms=time.sleep_ms, feed=None):
+def download(client, url, writer, opts, progress=None, sleep_ms=time.sleep_ms, feed=None,
+             ticks_ms=time.ticks_ms):
     """Fill writer (already resumed at its offset) from url; opts is the
-    config's "download" section.  progress(committed) runs every
-    opts["window"] bytes and at the end."""
+    config's "download" section.  feed() (the watchdog) runs every window
+    in which progress does not.  ticks_ms: the clock (a fake in tests)."""
     size = writer.total
     every = opts["window"]
+    gap = opts.get("save_ms", 1000)
+    saved = writer.committed  # as the caller saved it
+    t = ticks_ms()
     failures = 0
     gc.collect()  # the heap in one piece for the TLS handshake
     while writer.offset < size:
@@ -46,37 +31,59 @@ def download(client, url, writer, opts, progress=None, sleep_ms=time.sleep_ms, f
         try:
             r = client.request("GET", url, {"Range": "bytes=%d-" % start})
             if r.status == 206:
-                count = _span(r, start, size)
+                # the payload bytes from start (fewer than asked is allowed: the
+                # rest is asked for next); anything else is refused
+                text = r.range or ""
+                try:
+                    span, total = text[6:].split("/")
+                    first, n = span.split("-")
+                    n = int(n) - int(first) + 1
+                    if text[:6] != "bytes " or int(first) != start or int(total) != size or \
+                            not 0 < n <= size - start or r.length not in (None, n):
+                        raise ValueError
+                except ValueError:
+                    raise DownloadError("%s sent Content-Range %r (Content-Length %s) for "
+                                        "bytes=%d- of %d" % (r.url(), text[:40], r.length,
+                                                             start, size))
             elif r.status == 200:
                 # the server ignored Range: the body is the payload from byte 0
                 if r.length not in (None, size):
                     raise DownloadError("server sends %d bytes, the manifest says %d (%s)"
                                         % (r.length, size, r.url()))
                 writer.skip(r, start)
-                count = size - start
+                n = size - start
             else:
                 client.expect(r, 206)
             if pre:
                 iv = bytearray(pre)
                 got = 0
                 while got < pre:
-                    n = r.readinto(memoryview(iv)[got:])
-                    if not n:
+                    k = r.readinto(memoryview(iv)[got:])
+                    if not k:
                         raise TransportError("%s ended before the CBC IV" % r.url())
-                    got += n
+                    got += k
                 writer.set_iv(iv)
-                count -= pre
-            end = writer.offset + count
+                n -= pre
+            end = writer.offset + n
             while writer.offset < end:
                 writer.pull(r, min(every - writer.offset % every, end - writer.offset))
-                if progress:
+                now = ticks_ms()
+                if progress and (writer.offset == size or (writer.committed - saved >= every
+                                 and time.ticks_diff(now, t) >= gap)):
                     progress(writer.committed)
+                    saved, t = writer.committed, now
+                elif feed:
+                    feed()
             failures = 0
         except OTAError as e:
             client.close()
             if not e.retryable:
                 raise
             writer.drop_partial()
+            if progress and writer.committed > saved:
+                # what arrived is kept across a reset during the backoff
+                progress(writer.committed)
+                saved, t = writer.committed, ticks_ms()
             if writer.committed > mark:
                 failures = 0  # it got somewhere: a new run of failures
             failures += 1

@@ -41,7 +41,8 @@ class Part:
 class Answer:
     # one response: status, headers, body bytes; cut: a drop after that many
     def __init__(self, status, headers, body, length, cut):
-        self.status, self.headers, self.length = status, headers, length
+        self.status, self.length = status, length
+        self.range = headers.get("content-range")
         self.body, self.pos, self.cut = memoryview(body), 0, cut
     def url(self):
         return "https://h/p"
@@ -87,7 +88,15 @@ def ranged(first, cut=None):
     span = "bytes %d-%d/%d" % (first, SIZE - 1, SIZE)
     return 206, {{"content-range": span}}, body, len(body), cut
 
-def run(script, window=16384, retries=2, resume=0):
+class Clock:
+    # ticks_ms for fetch: step ms pass at each call
+    def __init__(self, step):
+        self.now, self.step = 0, step
+    def __call__(self):
+        self.now += self.step
+        return self.now
+
+def run(script, window=16384, retries=2, resume=0, step=5000, save_ms=None):
     part = Part(64)
     part.mem[:resume] = image[:resume]  # written before a reset
     buf = memoryview(bytearray(4096))
@@ -96,13 +105,18 @@ def run(script, window=16384, retries=2, resume=0):
     c = Fake(script)
     saved = []
     opts = {{"window": window, "retries": retries, "backoff_ms": 1, "backoff_max_ms": 4}}
+    if save_ms is not None:
+        opts["save_ms"] = save_ms
+    feeds = []
     try:
-        fetch.download(c, "https://h/p", w, opts, saved.append, sleep_ms=lambda ms: None)
+        fetch.download(c, "https://h/p", w, opts, saved.append, sleep_ms=lambda ms: None,
+                       feed=lambda: feeds.append(w.offset), ticks_ms=Clock(step))
         w.check({sha!r})
         outcome = "ok"
     except OTAError as e:
         outcome = [type(e).__name__, e.retryable, str(e)]
-    return {{"outcome": outcome, "ranges": c.ranges, "saved": saved, "closes": c.closes}}
+    return {{"outcome": outcome, "ranges": c.ranges, "saved": saved, "closes": c.closes,
+             "feeds": feeds}}
 """
 
 
@@ -120,6 +134,26 @@ def test_one_request_progress_every_window_and_the_connection_kept() -> None:
     assert r["ranges"] == ["bytes=0-"]
     assert r["saved"] == [16384, 32768, 49152, 65536, 81920, 98304, 100_000]
     assert r["closes"] == 0  # the client stays open for the next request
+
+
+def test_progress_is_saved_by_bytes_and_by_time() -> None:
+    (fast, every, slow, dropped) = run("""
+# the clock moves 300 ms a window: a save needs a window AND 1000 ms
+result(run(lambda n, first: ranged(first), step=300))
+result(run(lambda n, first: ranged(first), step=300, save_ms=0))
+# a slow link: every window, as before
+result(run(lambda n, first: ranged(first), step=5000))
+# time stands still: only before the retry (what arrived is kept) and at the end
+result(run(lambda n, first: ranged(first, 50_000 - first if n == 1 else None), step=0))
+""")
+    assert fast["outcome"] == "ok" and fast["saved"] == [65536, 100_000]
+    # the watchdog is fed in every window that is not saved
+    assert fast["feeds"] == [16384, 32768, 49152, 81920, 98304]
+    assert every["saved"] == [16384, 32768, 49152, 65536, 81920, 98304, 100_000]
+    assert every["feeds"] == []
+    assert slow["saved"] == every["saved"]
+    assert dropped["outcome"] == "ok" and dropped["saved"] == [49152, 100_000]
+    assert dropped["ranges"] == ["bytes=0-", "bytes=49152-"]
 
 
 def test_a_drop_resumes_at_the_last_whole_block_with_one_request() -> None:
@@ -190,10 +224,12 @@ result(run(lambda n, first: (404, {}, b"", 0, None)))
         assert r["outcome"][:2] == ["DownloadError", False], r
         assert len(r["ranges"]) == 1, r
     texts = [r["outcome"][2] for r in out]
-    assert texts[0] == ("https://h/p sent bytes 0-99999/100001 (Content-Length None) for "
+    assert texts[0] == ("https://h/p sent Content-Range 'bytes 0-99999/100001' "
+                        "(Content-Length None) for bytes=0- of 100000")
+    assert texts[4] == ("https://h/p sent Content-Range 'lines 0-1/100000' "
+                        "(Content-Length None) for bytes=0- of 100000")
+    assert texts[5] == ("https://h/p sent Content-Range '' (Content-Length None) for "
                         "bytes=0- of 100000")
-    assert texts[4] == "bad Content-Range 'lines 0-1/100000' from https://h/p"
-    assert texts[5] == "bad Content-Range '' from https://h/p"
     assert texts[6] == "server sends 100001 bytes, the manifest says 100000 (https://h/p)"
     assert texts[7] == "HTTP 404 (https://h/p)"
 
