@@ -191,7 +191,7 @@ class Agent:
                     "size": f["size"], "payload_size": f["payload_size"],
                     "iv": enc["iv"] if enc else None}, key
         finally:
-            mpota.drop("verify", "manifest", "keys", "p256", "ecies", "enckey")
+            mpota.drop("verify", "syntax", "manifest", "keys", "p256", "ecies", "enckey")
 
     def begin(self, raw, sig, url, claimed=None, source=None):
         """Check a release before any byte of it is written.  Records

@@ -61,23 +61,6 @@ def double(pt):
     return (x3, (m * (s - x3) - 8 * yy * yy) % P, 2 * y * z % P)
 
 
-def add_affine(pt, x2, y2):
-    """Jacobian pt + affine (x2, y2)."""
-    x1, y1, z1 = pt
-    if not z1:
-        return (x2, y2, 1)
-    zz = z1 * z1 % P
-    h = (x2 * zz - x1) % P
-    r = (y2 * zz * z1 - y1) % P
-    if not h:
-        return double(pt) if not r else INFINITY
-    hh = h * h % P
-    hhh = h * hh % P
-    v = x1 * hh % P
-    x3 = (r * r - hhh - 2 * v) % P
-    return (x3, (r * (v - x3) - y1 * hhh) % P, z1 * h % P)
-
-
 def add(p1, p2):
     """Jacobian p1 + Jacobian p2."""
     x1, y1, z1 = p1
@@ -113,6 +96,8 @@ def to_affine(pt):
 def wnaf(k, w):
     """Width-w NAF digits of k, least significant first, each stored + 128 in
     a bytearray (a list of 257 ints would cost 2 KB of heap)."""
+    if not k:
+        return b""
     digits = bytearray(258)  # k < 2^256: at most 257 digits
     full = 1 << w
     half = full >> 1

@@ -1,6 +1,7 @@
 # Checking a release before any byte of it is written: the one entry point
 # of the verification phase.  The agent imports it for that step and drops it
-# after, with what it loaded (mpota.verify, .manifest, .keys, .p256, .ecies):
+# after, with what it loaded (mpota.verify, .syntax, .manifest, .keys, .p256,
+# .ecies):
 #
 #   from mpota import verify
 #   fields, key = verify.release(raw, sig, cfg["trusted_pems"], facts, nvs)
@@ -16,8 +17,9 @@
 # ConfigError "bad-key" for a trusted key that cannot be read.
 #
 # Each step loads what it needs and drops it before the next (mpota.drop),
-# so the heap holds one step's code at a time: the signature (keys, p256),
-# the fields (manifest), the content key (ecies, p256).
+# so the heap holds one step's code at a time: the signature (keys, then
+# p256), the syntax (syntax), the fields (manifest), the content key
+# (ecies, p256).
 import mpota
 from mpota.errors import ManifestError
 
@@ -58,17 +60,19 @@ def authenticate(raw, sig, trusted):
         # a key whose id the manifest names is tried first (only an order:
         # nothing in raw is trusted before the signature verifies)
         found.insert(0 if kid.encode() in raw else len(found), (kid, q))
+    del keys, q
+    _drop("keys")  # only the points are needed now
     digest = hashlib.sha256(raw).digest()
     for kid, q in found:
         if p256.verify(q, digest, sig):
             return kid
     ids = ",".join(k[0] for k in found)
-    del found, q, p256
+    del found, p256
     _drop("p256")
-    from mpota import manifest
+    from mpota import syntax
 
     try:  # the claimed signer, only to word the refusal
-        claimed = manifest.syntax(raw)
+        claimed = syntax.check(raw)
     except Exception:
         claimed = None
     if claimed is not None and claimed not in ids:
@@ -80,6 +84,14 @@ def release(raw, sig, trusted, facts, nvs):
     """(fields, content key or None) of a release this device may install."""
     kid = authenticate(raw, sig, trusted)
     _drop("p256", "keys")
+    from mpota import syntax
+
+    try:
+        syntax.check(raw)
+    except Exception as e:  # ValueError, MemoryError, UnicodeError: all mean "not JSON"
+        raise ManifestError("not strict JSON: %s" % e)
+    del syntax
+    _drop("syntax")
     from mpota import manifest
 
     f = manifest.parse(raw, kid)
