@@ -24,8 +24,8 @@ from mpota.errors import ConfigError, DownloadError, TLSError, TransportError
 _LINE = const(512)  # head lines are read in pieces of at most this
 _HEAD = const(8192)  # the whole response head
 _DISCARD = const(2048)  # a redirect or error body up to this is read to keep the connection
-# the headers read, kept by their position in this string
-_NAMES = b" content-length content-range location connection transfer-encoding content-encoding "
+# the headers read are kept by their position in
+#   b" content-length content-range location connection transfer-encoding content-encoding "
 _LENGTH = const(1)
 _RANGE = const(16)
 _LOCATION = const(30)
@@ -102,22 +102,23 @@ def follow(w, url):
 
 
 class Client:
-    def __init__(self, url, cas, stall_s=10, redirects=3):
+    def __init__(self, url, cas, stall=10, hops=3):
         """url: the mpota server (None: absolute https:// targets only);
-        cas: the DER certificates to trust (mpota.ca.certs), or one DER."""
+        cas: the DER certificates to trust (mpota.ca.certs), or one DER;
+        stall: seconds without data; hops: the redirects followed."""
         self.base = None
         if url:
             w = split_url(url)
             self.base = (w[0], w[1], w[2].rstrip("/"))
         self.cas = [cas] if type(cas) in (bytes, bytearray) else cas
-        self.stall = stall_s
-        self.hops = redirects
+        self.stall = stall
+        self.hops = hops
         self.s = None  # the socket, open to where's host
         self.keep = False  # the open connection may carry another request
         self.moved = None  # (target, where): a GET redirect kept for the next requests
         # the response to the last request
         self.status = 0
-        self.h = None  # {position in _NAMES: value} of the headers read
+        self.h = None  # {position: value} of the headers read
         self.length = None  # Content-Length
         self.range = None  # Content-Range
         self.left = 0  # body bytes still to read; None: until the server closes
@@ -183,35 +184,35 @@ class Client:
                 del head
                 # the head, read in pieces of at most _LINE bytes, _HEAD in all;
                 # h keeps the status line (at -1) and the headers the client
-                # reads (at their position in _NAMES); at 0: a line not kept
+                # reads (at their position in the string above); at 0: a line not kept
                 budget = _HEAD
                 h = {}
                 at = -1
                 cont = False  # the line goes on from the last piece
-                while True:
-                    line = s.readline(_LINE)
-                    if not line:
-                        raise TransportError("%s closed before answering" % self.url())
-                    budget -= len(line)
-                    if budget < 0:
-                        raise DownloadError("response head over %d bytes from %s"
-                                            % (_HEAD, self.url()))
-                    end = line[-1] == 10
-                    if cont:
-                        if at:
-                            h[at] += line
-                    elif h and line in (b"\r\n", b"\n"):
-                        break
-                    else:
-                        if h:
-                            c = line.find(b":")
-                            at = _NAMES.find(b" " + line[:c].strip().lower() + b" ") + 1 \
-                                if c > 0 else 0
-                            line = line[c + 1:]
-                        if at:
-                            h[at] = line
-                    cont = not end
                 try:
+                    while True:
+                        line = s.readline(_LINE)
+                        if not line:
+                            raise TransportError("%s closed before answering" % self.url())
+                        budget -= len(line)
+                        if budget < 0:
+                            raise ValueError
+                        end = line[-1] == 10
+                        if cont:
+                            if at:
+                                h[at] += line
+                        elif h and line in (b"\r\n", b"\n"):
+                            break
+                        else:
+                            if h:
+                                c = line.find(b":")
+                                at = b" content-length content-range location connection " \
+                                    b"transfer-encoding content-encoding ".find(
+                                        b" " + line[:c].strip().lower() + b" ") + 1 if c > 0 else 0
+                                line = line[c + 1:]
+                            if at:
+                                h[at] = line
+                        cont = not end
                     for at in h:
                         h[at] = h[at].decode().strip()
                     v = h[-1].split(None, 2)
@@ -223,7 +224,7 @@ class Client:
                         n = int(n)
                         if n < 0:
                             raise ValueError
-                except (ValueError, IndexError):
+                except (ValueError, IndexError):  # over _HEAD bytes too
                     raise DownloadError("bad HTTP answer from " + self.url())
                 if status < 200 or status in (204, 304) or method == "HEAD":
                     n = 0

@@ -179,11 +179,32 @@ result(get(c, "/again"))
 """)
     assert out[:2] == ["/page", "/signed/"]
     assert out[2][:2] == ["DownloadError", False]
-    assert out[2][2] == f"response head over 8192 bytes from https://localhost:{server.port}/huge"
+    assert out[2][2] == f"bad HTTP answer from https://localhost:{server.port}/huge"
     assert out[3] == "/again"
     assert server.requests[2].path == long_target
     # one connection for the first three requests; not reused after headers left half-read
     assert server.handshakes == 2
+
+
+def test_malformed_answers_are_one_clear_refusal(certs: Certs, serve) -> None:
+    raw = {
+        "/garbage": b"SSH-2.0-OpenSSH_9.6\r\n\r\n",
+        "/status": b"HTTP/1.1 OK\r\nContent-Length: 0\r\n\r\n",
+        "/length": b"HTTP/1.1 200 OK\r\nContent-Length: -5\r\n\r\n",
+        "/words": b"HTTP/1.1 200 OK\r\nContent-Length: ten\r\n\r\n",
+        "/utf8": b"HTTP/1.1 302 Found\r\nLocation: /\xff\xfe\r\nContent-Length: 0\r\n\r\n",
+        # a line without a colon and an unknown header are skipped
+        "/odd": b"HTTP/1.1 200 OK\r\nno colon here\r\nX-A: \xff\r\nContent-Length: 2\r\n\r\nok",
+    }
+    server = serve(lambda req: (raw[req.path], True))
+    out = snippet(certs.good.ca_der, f"""
+c = Client({server.url!r}, CAS)
+for path in {list(raw)!r}:
+    result(outcome(get, c, path))
+""")
+    for path, got in zip(list(raw)[:-1], out[:-1], strict=True):
+        assert got == ["DownloadError", False, f"bad HTTP answer from {server.url}{path}"]
+    assert out[-1] == ["ok", "ok"]
 
 
 def test_certificate_failures_are_permanent_cut_handshakes_are_retried(certs: Certs,
