@@ -47,8 +47,31 @@ def _hp(w):
     return w[0] if w[1] == 443 else "%s:%d" % (w[0], w[1])
 
 
-def split_url(url):
-    """'https://host:port/path?query' -> (host, port, path)."""
+def split_url(url, w=None):
+    """'https://host:port/path?query' -> (host, port, path).  With w (host,
+    port, path), url may also be relative to it (a redirect's Location)."""
+    if url[:2] == "//":
+        url = "https:" + url
+    if w and ":" not in url.split("/", 1)[0]:  # no scheme: relative to w
+        path = w[2].split("?", 1)[0]
+        if url[:1] == "?":
+            return w[0], w[1], path + url
+        if url[:1] != "/":
+            url = path[:path.rfind("/") + 1] + url
+        # RFC 3986 5.2.4: "/a/b/../c" -> "/a/c"
+        q = url.find("?")
+        tail = "" if q < 0 else url[q:]
+        segs = (url if q < 0 else url[:q]).split("/")
+        out = []
+        for seg in segs:
+            if seg == "..":
+                if len(out) > 1:
+                    out.pop()
+            elif seg != ".":
+                out.append(seg)
+        if segs[-1] in (".", ".."):
+            out.append("")
+        return w[0], w[1], "/".join(out) + tail
     if url[:8].lower() != "https://":
         raise DownloadError("not an https:// URL: " + short(url))
     rest = url[8:].split("#", 1)[0]
@@ -70,35 +93,6 @@ def split_url(url):
     if not host:
         raise DownloadError("bad URL " + short(url))
     return host, port, path
-
-
-def follow(w, url):
-    """Where a redirect from w (host, port, path) to url (a Location) goes."""
-    if url[:2] == "//":
-        url = "https:" + url
-    if ":" in url.split("/", 1)[0]:  # has a scheme
-        if url[:8].lower() != "https://":
-            raise DownloadError("refusing the redirect to " + short(url))
-        return split_url(url)
-    path = w[2].split("?", 1)[0]
-    if url[:1] == "?":
-        return w[0], w[1], path + url
-    if url[:1] != "/":
-        url = path[:path.rfind("/") + 1] + url
-    # RFC 3986 5.2.4: "/a/b/../c" -> "/a/c"
-    q = url.find("?")
-    tail = "" if q < 0 else url[q:]
-    segs = (url if q < 0 else url[:q]).split("/")
-    out = []
-    for seg in segs:
-        if seg == "..":
-            if len(out) > 1:
-                out.pop()
-        elif seg != ".":
-            out.append(seg)
-    if segs[-1] in (".", ".."):
-        out.append("")
-    return w[0], w[1], "/".join(out) + tail
 
 
 class Client:
@@ -345,7 +339,7 @@ class Client:
                                         % (self.hops, self.url(first)))
                 if status == 303 or (method == "POST" and status < 303):
                     method, body = "GET", None
-                w = follow(w, url)
+                w = split_url(url, w)
             self.expect(self)  # the body of the answer left behind
         if 200 <= status < 300:
             if w is not first and method == "GET":

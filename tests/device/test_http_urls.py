@@ -24,16 +24,21 @@ for url in ("https://h/a/b?x=1", "https://h:8443", "HTTPS://h?q", "https://h:844
 
 def test_redirect_locations_resolve_like_a_browser() -> None:
     out = unix_results("""
-from mpota.http import follow
+from mpota.http import split_url
+from mpota.errors import DownloadError
 here = ("origin", 8443, "/rel/v1/payload?sig=1")
 for loc in ("https://cdn:444/b", "//cdn/b?s=2", "/abs/x", "other", "../v2/payload",
-            "./p/../q", "?sig=2", "/a/b/.."):
-    result(list(follow(here, loc)))
+            "./p/../q", "?sig=2", "/a/b/..", "http://cdn/b", "ftp://cdn/b"):
+    try:
+        result(list(split_url(loc, here)))
+    except DownloadError as e:
+        result(str(e))
 """)
     assert out == [["cdn", 444, "/b"], ["cdn", 443, "/b?s=2"], ["origin", 8443, "/abs/x"],
                    ["origin", 8443, "/rel/v1/other"], ["origin", 8443, "/rel/v2/payload"],
                    ["origin", 8443, "/rel/v1/q"], ["origin", 8443, "/rel/v1/payload?sig=2"],
-                   ["origin", 8443, "/a/"]]
+                   ["origin", 8443, "/a/"], "not an https:// URL: http://cdn/b",
+                   "not an https:// URL: ftp://cdn/b"]
 
 
 def test_messages_never_show_a_query_or_a_very_long_url() -> None:

@@ -366,7 +366,7 @@ result(outcome(get, Client(None, CAS), "/relative"))
     assert out[1][:2] == ["TransportError", True]
     assert out[1][2].startswith("download failed 3 times in a row, last: HTTP 503")
     assert paths.count("/busy") == 3
-    assert out[2] == ["DownloadError", False, "refusing the redirect to http://localhost/payload"]
+    assert out[2] == ["DownloadError", False, "not an https:// URL: http://localhost/payload"]
     assert out[3][:2] == ["DownloadError", False]
     assert out[3][2].startswith(f"more than 3 redirects from {server.url}/loop")
     assert out[4][:2] == ["DownloadError", False] and "HTTP 410" in out[4][2]
