@@ -35,14 +35,24 @@ def busy_check(fn):
     return fn
 
 
+def _scrub(n):
+    a = b = c = d = e = f = g = h = i = j = k = m = None  # noqa: F841
+    if n:
+        _scrub(n - 1)
+
+
 def drop(*names):
     """Forget the mpota modules a phase loaded (sys.modules and this
     package's attributes) so their heap is free again.  Frozen into the
     firmware (__file__ is then the frozen name) their code costs no heap and
-    they stay."""
+    they stay.  The GC scans the C stack conservatively: a step that just
+    returned leaves pointers to its modules in dead stack slots, which would
+    keep a dropped module alive; deep calls with cleared locals overwrite
+    them first."""
     import gc
     import sys
 
+    _scrub(12)
     if __file__ != "mpota/__init__.py":
         for name in names:
             sys.modules.pop("mpota." + name, None)
@@ -131,7 +141,7 @@ def update(url_or_release=None):
     """Check (or take the release at a URL / an offer dict), download,
     verify, stage, and reboot when the policy allows."""
     def run(a):
-        a.block()  # the install's 4 KiB in one piece, before the heap fragments
+        a.want_block()  # the install's 4 KiB, taken once connected (Agent.want_block)
         offer = url_or_release
         source = "server"
         if offer is None:

@@ -29,6 +29,7 @@ class Agent:
         self.link = link  # the server link (mpota.link, loaded per exchange; a fake in tests)
         self._client = None
         self._buf = None
+        self._wanted = False
 
     def block(self):
         """The one 4096-byte block buffer, taken when an install or a check
@@ -36,6 +37,14 @@ class Agent:
         if self._buf is None:
             self._buf = memoryview(bytearray(_BLOCK))
         return self._buf
+
+    def want_block(self):
+        """An install may follow: the next spare() takes the block buffer.
+        The check calls spare() once its connection is up, so the TLS
+        handshake's transient memory and the 4 KiB never need room at the
+        same time, and the buffer is taken before the verifier's modules
+        come and go (fragmentation)."""
+        self._wanted = True
 
     # facts about this device
 
@@ -49,7 +58,10 @@ class Agent:
         return self._client
 
     def spare(self):
-        """The block buffer if it is taken (free until the download starts), else None."""
+        """The block buffer if it is taken or wanted (free until the download
+        starts), else None."""
+        if self._wanted:
+            self.block()
         return self._buf
 
     def free_block(self):
@@ -61,6 +73,7 @@ class Agent:
         if self._client is not None:
             self._client.close()
         self._buf = None
+        self._wanted = False
 
     def _link(self, fn, *args):
         link = self.link
@@ -191,7 +204,8 @@ class Agent:
                     "size": f["size"], "payload_size": f["payload_size"],
                     "iv": enc["iv"] if enc else None}, key
         finally:
-            mpota.drop("verify", "syntax", "manifest", "keys", "p256", "ecies", "enckey")
+            mpota.drop("verify", "syntax", "manifest", "keys", "p256", "ecies", "keywrap",
+                       "enckey")
 
     def begin(self, raw, sig, url, claimed=None, source=None):
         """Check a release before any byte of it is written.  Records
@@ -312,7 +326,7 @@ class Agent:
                 print("mpota: %s" % e)
                 return "WAITING"
             return "REBOOTING"
-        self.block()  # before the check: 4 KiB in one piece while the heap still has it
+        self.want_block()  # taken by the check once connected (see want_block)
         offer = self.check()
         if offer is None:
             return "UP_TO_DATE"

@@ -8,6 +8,7 @@ import json
 from mpota.errors import ConfigError, DownloadError, TransportError
 
 _OFFER_LIMIT = const(12288)
+_SHORT = const(256)  # an answer this long is no offer: no block buffer for it
 
 
 def _auth(agent):
@@ -26,7 +27,9 @@ def check(agent, code):
     r = c.expect(c.request("GET", "/v1/update?board=%s&version_code=%d"
                            % (agent.cfg["board"], code), auth), 200)
     n = r.length
-    buf = agent.spare()  # the install's block buffer, when an install may follow
+    # an offer (not a short "no update") is read into the install's block
+    # buffer, taken now if an install may follow (after the TLS handshake)
+    buf = agent.spare() if n is None or n > _SHORT else None
     try:
         if buf is not None and n is not None and n <= len(buf):
             got = 0

@@ -1,7 +1,7 @@
 # Checking a release before any byte of it is written: the one entry point
 # of the verification phase.  The agent imports it for that step and drops it
 # after, with what it loaded (mpota.verify, .syntax, .manifest, .keys, .p256,
-# .ecies):
+# .ecies, .keywrap):
 #
 #   from mpota import verify
 #   fields, key = verify.release(raw, sig, cfg["trusted_pems"], facts, nvs)
@@ -19,25 +19,11 @@
 # Each step loads what it needs and drops it before the next (mpota.drop),
 # so the heap holds one step's code at a time: the signature (keys, then
 # p256), the syntax (syntax), the fields (manifest), the content key
-# (ecies, p256).
+# (ecies with p256, then with keywrap).
 import mpota
 from mpota.errors import ManifestError
 
 MAX_MANIFEST = 4096
-
-
-def _drop(*names):
-    # The GC scans the C stack conservatively: a step that just returned
-    # leaves pointers to its modules in dead stack slots, which keep a
-    # dropped module alive.  Deep calls with cleared locals overwrite them.
-    _scrub(12)
-    mpota.drop(*names)
-
-
-def _scrub(n):
-    a = b = c = d = e = f = g = h = i = j = k = m = None  # noqa: F841
-    if n:
-        _scrub(n - 1)
 
 
 def authenticate(raw, sig, trusted):
@@ -61,14 +47,14 @@ def authenticate(raw, sig, trusted):
         # nothing in raw is trusted before the signature verifies)
         found.insert(0 if kid.encode() in raw else len(found), (kid, q))
     del keys, q
-    _drop("keys")  # only the points are needed now
+    mpota.drop("keys")  # only the points are needed now
     digest = hashlib.sha256(raw).digest()
     for kid, q in found:
         if p256.verify(q, digest, sig):
             return kid
     ids = ",".join(k[0] for k in found)
     del found, p256
-    _drop("p256")
+    mpota.drop("p256")
     from mpota import syntax
 
     try:  # the claimed signer, only to word the refusal
@@ -83,7 +69,7 @@ def authenticate(raw, sig, trusted):
 def release(raw, sig, trusted, facts, nvs):
     """(fields, content key or None) of a release this device may install."""
     kid = authenticate(raw, sig, trusted)
-    _drop("p256", "keys")
+    mpota.drop("p256", "keys")
     from mpota import syntax
 
     try:
@@ -91,7 +77,7 @@ def release(raw, sig, trusted, facts, nvs):
     except Exception as e:  # ValueError, MemoryError, UnicodeError: all mean "not JSON"
         raise ManifestError("not strict JSON: %s" % e)
     del syntax
-    _drop("syntax")
+    mpota.drop("syntax")
     from mpota import manifest
 
     f = manifest.parse(raw, kid)
@@ -100,7 +86,7 @@ def release(raw, sig, trusted, facts, nvs):
     if enc is None:
         return f, None
     del manifest
-    _drop("manifest")
+    mpota.drop("manifest")
     from mpota import ecies
 
     return f, ecies.content_key(enc, nvs)
