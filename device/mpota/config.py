@@ -33,8 +33,9 @@ _POLICY = {"auto_apply": (bool, True), "window": (str, None), "reboot_delay_s": 
            "clock_trusted": (bool, False)}
 _HEALTH = {"network": (bool, True), "server": (bool, True), "min_free_heap": (int, 8192),
            "timeout_s": (int, 30)}
-_DOWNLOAD = {"window": (int, 65536), "retries": (int, 8), "stall_s": (int, 10),
-             "backoff_ms": (int, 500), "backoff_max_ms": (int, 30000), "redirects": (int, 3)}
+_DOWNLOAD = {"window": (int, 65536), "save_ms": (int, 1000), "retries": (int, 8),
+             "stall_s": (int, 10), "backoff_ms": (int, 500), "backoff_max_ms": (int, 30000),
+             "redirects": (int, 3)}
 
 
 def _fill(where, data, table):

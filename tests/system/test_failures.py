@@ -180,7 +180,8 @@ def test_refused_new_offer_leaves_the_download_in_progress_alone(fleet, tmp_path
     from cryptography.hazmat.primitives.asymmetric import ec
 
     fleet.publish("2.0.0", 2, size=128 * 1024)
-    template = fleet.device(config=WIFI | {"download": {"window": 16384}})
+    # progress saved every window (not only after save_ms): a cut finds some
+    template = fleet.device(config=WIFI | {"download": {"window": 16384, "save_ms": 0}})
     # a power cut in the middle of the download of v2 leaves it DOWNLOADING
     for n in range(12, 80, 4):
         board_dir = tmp_path / f"cut{n}"

@@ -140,8 +140,9 @@ def test_trigger_streams_progress_and_the_board_updates(fleet: Fleet, serial) ->
 def test_ctrl_c_during_trigger_leaves_the_board_on_its_image(fleet: Fleet, serial) -> None:
     fleet.publish("2.0.0", 2, size=512 * 1024)
     with FaultProxy(fleet.server.port, stall_after=150_000) as proxy:
+        # progress saved every window (not only after save_ms) before the stall
         board = fleet.device(port=proxy.port, main_py=PROBATION_ONLY,
-                             config=WIFI | {"download": {"stall_s": 30}})
+                             config=WIFI | {"download": {"stall_s": 30, "save_ms": 0}})
         s = on_serial(serial, board)
         proc = subprocess.Popen([tool("mpota"), "trigger", "--port", s.port],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
