@@ -141,7 +141,7 @@ def update(url_or_release=None):
     """Check (or take the release at a URL / an offer dict), download,
     verify, stage, and reboot when the policy allows."""
     def run(a):
-        a.want_block()  # the install's 4 KiB, taken once connected (Agent.want_block)
+        a.want_block()  # the install's 4 KiB in one piece (Agent.want_block)
         offer = url_or_release
         source = "server"
         if offer is None:

@@ -39,12 +39,23 @@ class Agent:
         return self._buf
 
     def want_block(self):
-        """An install may follow: the next spare() takes the block buffer.
-        The check calls spare() once its connection is up, so the TLS
-        handshake's transient memory and the 4 KiB never need room at the
-        same time, and the buffer is taken before the verifier's modules
-        come and go (fragmentation)."""
+        """An install may follow: the block buffer is taken now, while the
+        heap is still in one piece.  A new TLS connection borrows its room
+        (lend_block: the handshake's transient memory and the 4 KiB never
+        need room at once) and spare() takes it back for an offer.  No
+        4 KiB in one piece now (a poll that finds no update needs none): the
+        offer's spare() tries again."""
         self._wanted = True
+        try:
+            self.block()
+        except MemoryError:
+            pass
+
+    def lend_block(self, client):
+        """Before a request on client: if it opens a new connection, free
+        the block buffer for the TLS handshake (taken back by spare())."""
+        if client.s is None:
+            self._buf = None
 
     # facts about this device
 
@@ -326,7 +337,7 @@ class Agent:
                 print("mpota: %s" % e)
                 return "WAITING"
             return "REBOOTING"
-        self.want_block()  # taken by the check once connected (see want_block)
+        self.want_block()  # before the check fragments the heap (see want_block)
         offer = self.check()
         if offer is None:
             return "UP_TO_DATE"

@@ -24,11 +24,12 @@ def check(agent, code):
     and "payload_url"."""
     auth = _auth(agent)
     c = agent.client()
+    agent.lend_block(c)
     r = c.expect(c.request("GET", "/v1/update?board=%s&version_code=%d"
                            % (agent.cfg["board"], code), auth), 200)
     n = r.length
     # an offer (not a short "no update") is read into the install's block
-    # buffer, taken now if an install may follow (after the TLS handshake)
+    # buffer when an install may follow (taken back after a TLS handshake)
     buf = agent.spare() if n is None or n > _SHORT else None
     try:
         if buf is not None and n is not None and n <= len(buf):

@@ -128,6 +128,7 @@ def offer_from_url(agent, base):
         base = base[:-len("manifest.json")]
     base = base.rstrip("/") + "/"
     c = agent.client()
+    agent.lend_block(c)  # begin() takes it back
     parts = []
     for name, limit in (("manifest.json", _MAX_MANIFEST), ("manifest.sig", 64)):
         r = c.expect(c.request("GET", base + name), 200)
