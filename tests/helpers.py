@@ -88,3 +88,40 @@ def unix_results(code: str, heapsize: str = "2M") -> list[Any]:
     if rc != 0 or not lines:
         raise AssertionError(f"unix port exited {rc}:\n{out}")
     return lines
+
+
+# Fakes device unit tests share on the unix port: an esp32.Partition in RAM
+# (4096-byte blocks, ioctl 6 erases) and a body that readinto() draws from.
+RAM_FAKES = """
+class Part:
+    def __init__(self, blocks):
+        self.mem = bytearray(b"\\xff" * (4096 * blocks))
+        self.erases = 0
+    def ioctl(self, cmd, arg):
+        if cmd == 4:
+            return len(self.mem) // 4096
+        if cmd == 5:
+            return 4096
+        if cmd == 6:
+            self.mem[arg * 4096:(arg + 1) * 4096] = b"\\xff" * 4096
+            self.erases += 1
+            return 0
+    def info(self):
+        return (0, 0x11, 0, len(self.mem), "ota_1", False)
+    def readblocks(self, block, buf, offset=0):
+        start = block * 4096 + offset
+        buf[:] = self.mem[start:start + len(buf)]
+    def writeblocks(self, block, buf, offset=None):
+        start = block * 4096
+        self.mem[start:start + len(buf)] = buf
+
+class Body:
+    def __init__(self, data):
+        self.data = memoryview(data)
+        self.pos = 0
+    def readinto(self, mv):
+        n = min(len(mv), len(self.data) - self.pos)
+        mv[:n] = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return n
+"""

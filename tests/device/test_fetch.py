@@ -12,7 +12,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from helpers import unix_results
+from helpers import RAM_FAKES, unix_results
 
 IMAGE = b"\xe9" + os.urandom(100_000 - 1)
 KEY, IV = os.urandom(32), os.urandom(16)
@@ -20,23 +20,10 @@ _padded = IMAGE + b"\x00" * (-len(IMAGE) % 16)
 _enc = Cipher(algorithms.AES(KEY), modes.CBC(IV)).encryptor()
 CIPHERTEXT = _enc.update(_padded) + _enc.finalize()
 
-SETUP = """
+SETUP = RAM_FAKES + """
 import binascii
 from mpota import fetch, slot
 from mpota.errors import OTAError, DownloadError, TransportError
-
-class Part:
-    def __init__(self, blocks):
-        self.mem = bytearray(b"\\xff" * (4096 * blocks))
-    def ioctl(self, cmd, arg):
-        return {{4: len(self.mem) // 4096, 5: 4096, 6: 0}}.get(cmd)
-    def info(self):
-        return (0, 0x11, 0, len(self.mem), "ota_1", False)
-    def readblocks(self, block, buf, offset=0):
-        start = block * 4096 + offset
-        buf[:] = self.mem[start:start + len(buf)]
-    def writeblocks(self, block, buf, offset=None):
-        self.mem[block * 4096:block * 4096 + len(buf)] = buf
 
 class Answer:
     # one response: status, headers, body bytes; cut: a drop after that many
