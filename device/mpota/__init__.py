@@ -101,7 +101,7 @@ def _guard(fn, *args, uses=()):
         print("mpota: unexpected %s: %s" % (name, e))
         if agent is not None:
             try:
-                agent.unexpected(e)
+                agent.outcome("unexpected", e)
             except Exception as e2:  # the state file or flash itself fails: nothing left to do
                 print("mpota: could not record the failure: %s: %s"
                       % (e2.__class__.__name__, e2))

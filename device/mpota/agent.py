@@ -1,20 +1,16 @@
-# The update driver (ARCHITECTURE section 3), its progress persisted in State
-# so that a reset anywhere resumes or recovers:
-#
-#   IDLE -> DOWNLOADING(written) -> STAGED -> REBOOTING -> PROBATION
-#        -> CONFIRMED | ROLLED_BACK;  any failure -> FAILED(reason) -> IDLE
-#
-# The running image is never touched: everything is written to the next slot
-# and verified before set_boot().  Each phase imports what it needs and drops
-# it after (mpota.drop): the verifier only while verifying, fetch only while
-# downloading; the TLS connection stays open from the check to the STAGED
-# report (one handshake per update).
+# The update driver (ARCHITECTURE section 3).  The states and the legal
+# moves between them are mpota.state's; each phase is a module loaded when it
+# starts and dropped after (mpota.drop): the verifier (begin), the download
+# (mpota.install), apply (mpota.reboot), boot and probation (mpota.health),
+# failures (mpota.outcome).  The running image is never touched: everything
+# is written to the next slot and verified before set_boot().  The TLS
+# connection stays open from the check to the STAGED report (one handshake).
 import binascii
 import time
 
 import mpota
 from mpota import state
-from mpota.errors import BusyError, DownloadError, OTAError, StateError
+from mpota.errors import BusyError, DownloadError, OTAError
 
 _BLOCK = const(4096)
 
@@ -40,11 +36,9 @@ class Agent:
 
     def want_block(self):
         """An install may follow: the block buffer is taken now, while the
-        heap is still in one piece.  A new TLS connection borrows its room
-        (lend_block: the handshake's transient memory and the 4 KiB never
-        need room at once) and spare() takes it back for an offer.  No
-        4 KiB in one piece now (a poll that finds no update needs none): the
-        offer's spare() tries again."""
+        heap is in one piece.  A new TLS connection borrows its room for the
+        handshake (lend_block) and spare() takes it back for an offer (and
+        tries again if there was no room now)."""
         self._wanted = True
         try:
             self.block()
@@ -142,20 +136,17 @@ class Agent:
         except Exception as e:  # best effort: never hides the failure being reported
             print("mpota: report %s not sent: %s" % (name, e))
 
-    def reject(self, version_code, **changes):
-        """Remember a release that failed here, so polling does not retry it
-        (saved together with changes)."""
-        if version_code is not None:
-            rejected = [v for v in self.st.get("rejected", []) if v != version_code]
-            changes["rejected"] = (rejected + [version_code])[-8:]
-        if changes:
-            self.st.save(**changes)
-
     def check(self, skip_rejected=True):
         """Ask the server for an update: the offer (dict) or None.  Releases
         that failed on this device before are skipped unless asked for."""
         _, code = self.running_version()
-        offer = self._link("check", code)
+        try:
+            offer = self._link("check", code)
+        except (MemoryError, OSError) as e:
+            # only asking changed nothing: a transient fault means try later
+            err = OTAError("update check: %s %s" % (e.__class__.__name__, e), "resource")
+            err.retryable = True
+            raise err
         if not offer["update"]:
             return None
         if skip_rejected and offer.get("version_code") in self.st.get("rejected", []):
@@ -167,11 +158,10 @@ class Agent:
     # installing
 
     def install(self, offer, source="server"):
-        """Verify the offer's manifest, download into the next slot and check
-        it.  Leaves the agent STAGED (apply() selects the image for boot);
-        returns the target (dict); raises an OTAError on failure.  The offer's
-        manifest and signature are taken out of it.  source:
-        "server" for an offer from the mpota server, else the release's URL."""
+        """Verify the offer's manifest (taken out of the offer), download
+        into the next slot and check it: STAGED.  Returns the target (dict);
+        raises an OTAError on failure.  source: "server" for an offer from the
+        mpota server, else the release's URL."""
         claimed = offer.get("version_code")
         try:
             # taken out of the offer: their text is not kept through the download
@@ -181,119 +171,26 @@ class Agent:
             err = DownloadError("offer: manifest or signature not base64 (%s)" % e)
             self.fail(err, "release refused", claimed)
             raise err
-        part, target, key, written = self.begin(raw, sig, offer["payload_url"], claimed,
-                                                source)
-        del raw, sig, offer
+        from mpota import accept  # the verification phase
+
         try:
-            self._download(part, target, written, key)
-        except OTAError as e:
-            if e.retryable:
-                self.interrupted(e)  # resumed on the next poll
-            else:
-                self.fail(e, "download stopped")
-            raise
-        self.staged(target)
-        mpota.drop("slot")
+            part, target, key, written = accept.begin(self, raw, sig, offer["payload_url"],
+                                                      claimed, source)
+        finally:
+            mpota.drop("accept")
+        del raw, sig, offer
+        from mpota import install  # the download phase, the verifier gone
+
+        try:
+            install.download(self, part, target, written, key)
+        finally:
+            mpota.drop("install", "slot")
         return target
 
-    def verify(self, raw, sig, slot_size):
-        """The verification phase: the manifest (signature first), the device
-        facts and, if encrypted, the content key.  Returns (target, key):
-        target is what the rest of the update needs (a dict, also the state's
-        "target").  The verifier's modules are dropped after."""
-        try:
-            from mpota import verify
+    # failures: recorded by mpota.outcome (fail, interrupted, unexpected),
+    # loaded when one happens
 
-            _, code = self.running_version()
-            f, key = verify.release(raw, sig, self.cfg["trusted_pems"],
-                                    (self.cfg["board"], self.cfg["chip_id"], code,
-                                     self.security_floor(), slot_size, self.now()),
-                                    self.hw.nvs())
-            enc = f.get("encryption")
-            return {"version": f["version"], "version_code": f["version_code"],
-                    "security_counter": f["security_counter"], "sha256": f["sha256"],
-                    "size": f["size"], "payload_size": f["payload_size"],
-                    "iv": enc["iv"] if enc else None}, key
-        finally:
-            mpota.drop("verify", "syntax", "manifest", "keys", "p256", "ecies", "keywrap",
-                       "enckey")
-
-    def begin(self, raw, sig, url, claimed=None, source=None):
-        """Check a release before any byte of it is written.  Records
-        DOWNLOADING; returns (slot, target, content key, bytes already
-        written when the same release was interrupted).  claimed: the
-        version_code the offer announced (a refusal is charged to it, not to
-        a download in progress)."""
-        if self.st.name in (state.STAGED, state.REBOOTING, state.PROBATION):
-            raise StateError("update already %s: apply or wait" % self.st.name)
-        part = self.hw.next_slot()
-        self.block()  # before the verifier's modules come and go (fragmentation)
-        try:
-            target, key = self.verify(raw, sig, part.ioctl(4, 0) * part.ioctl(5, 0))
-        except Exception as e:  # whatever the release's bytes cause ends here
-            err = e if isinstance(e, OTAError) else OTAError(
-                "release unchecked: %s: %s" % (e.__class__.__name__, e))
-            self.fail(err, "release refused", claimed)
-            raise err
-        old = self.st.get("target") or {}
-        written = 0
-        if self.st.name == state.DOWNLOADING and old.get("sha256") == target["sha256"]:
-            written = self.st.get("written", 0)
-            if type(written) is not int or not 0 <= written <= target["payload_size"]:
-                written = 0  # a state file from elsewhere
-            written -= written % _BLOCK
-        label = self.hw.label(part)
-        target.update(slot=label, url=url, source=source or url)
-        installed = dict(self.st.get("installed", {}))
-        installed.pop(label, None)  # the old contents are going away
-        self.st.save(state=state.DOWNLOADING, written=written, target=target,
-                     installed=installed)
-        self.report("DOWNLOADING", "resuming at %d" % written if written else None,
-                    target["version_code"])
-        return part, target, key, written
-
-    def writer(self, part, target, written, key):
-        """A SlotWriter for the release, resumed at written."""
-        from mpota.slot import SlotWriter
-
-        iv = target.get("iv")
-        writer = SlotWriter(part, target["size"], self.block(), key,
-                            binascii.unhexlify(iv) if iv else None, target["payload_size"])
-        if written:
-            writer.resume(written, self.hw.feed)
-        return writer
-
-    def staged(self, target):
-        self.st.save(state=state.STAGED, written=target["payload_size"], staged_at=time.time())
-        self.report("STAGED", None, target["version_code"])
-        print("mpota: %s staged in %s" % (target["version"], target["slot"]))
-
-    def _download(self, part, target, written, key):
-        writer = self.writer(part, target, written, key)
-        total = target["payload_size"]
-        shown = [written * 10 // total]
-
-        def progress(committed):
-            self.st.save(written=committed)
-            self.hw.feed()
-            tenth = committed * 10 // total
-            if tenth > shown[0]:
-                shown[0] = tenth
-                print("mpota: downloaded %d%%" % (tenth * 10))
-
-        from mpota import fetch
-
-        try:
-            fetch.download(self.client(), target["url"], writer, self.cfg["download"],
-                           progress, feed=self.hw.feed)
-        finally:
-            mpota.drop("fetch")
-        # the connection stays open: the STAGED report goes over it
-        writer.check(target["sha256"], self.hw.feed)
-
-    # failures: recorded by mpota.outcome, loaded when one happens
-
-    def _outcome(self, fn, *args):
+    def outcome(self, fn, *args):
         from mpota import outcome
 
         try:
@@ -303,13 +200,7 @@ class Agent:
 
     def fail(self, error, what, release="target"):
         """Record and report a failed update (see outcome.fail)."""
-        self._outcome("fail", error, what, release)
-
-    def interrupted(self, error):
-        self._outcome("interrupted", error)
-
-    def unexpected(self, error):
-        self._outcome("unexpected", error)
+        self.outcome("fail", error, what, release)
 
     # applying
 

@@ -41,16 +41,15 @@ def on_boot(agent):
                                        running, hw.reset_cause(), st.get("probation_failure"))
     if verdict == "probation":
         hw.watchdog(agent.cfg["watchdog_ms"])
-        st.save(state=state.PROBATION)
+        st.move("probation")
         print("mpota: %s (%s) on probation; watchdog %d ms"
               % (running, target.get("version", "?"), agent.cfg["watchdog_ms"]))
     elif verdict == "confirmed":
         confirmed(agent, target)
     elif verdict == "rolled-back":
         code = target.get("version_code")
-        agent.reject(code if reject else None, state=state.IDLE, probation_failure=None,
-                     written=0, last_result={"state": "ROLLED_BACK", "reason": reason,
-                                             "version_code": code})
+        st.move("rolled-back", code if reject else None, probation_failure=None, written=0,
+                last_result={"state": "ROLLED_BACK", "reason": reason, "version_code": code})
         print("mpota: ROLLED_BACK from %s: %s" % (target.get("version", "?"), reason))
         agent.report("ROLLED_BACK", reason, code)
     return st.name
@@ -120,7 +119,7 @@ def run(agent):
     failures = _checks(agent, target)
     if failures:
         reason = "health check failed: " + "; ".join(failures)
-        st.save(probation_failure=reason)
+        st.move("unhealthy", probation_failure=reason)
         print("mpota: %s; resetting so the bootloader rolls back" % reason)
         agent.report("FAILED", reason, target.get("version_code"))
         hw.reset()
@@ -134,6 +133,8 @@ def confirmed(agent, target):
     """The running image is confirmed: raise the security floor, remember
     what the slot holds, report."""
     hw, st = agent.hw, agent.st
+    if not st.can("confirmed"):  # refused before the floor is raised
+        st.move("confirmed")  # raises StateError
     running = agent.running_label()
     counter = target.get("security_counter", 0)
     if counter > agent.security_floor():
@@ -144,7 +145,7 @@ def confirmed(agent, target):
         installed[running] = {"version": target["version"],
                               "version_code": target["version_code"],
                               "security_counter": counter}
-    st.save(state=state.IDLE, installed=installed, written=0, probation_failure=None,
+    st.move("confirmed", installed=installed, written=0, probation_failure=None,
             last_result={"state": "CONFIRMED", "version_code": target.get("version_code"),
                          "reason": None})
     print("mpota: CONFIRMED %s in %s" % (target.get("version", "the running image"), running))

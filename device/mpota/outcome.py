@@ -20,11 +20,12 @@ def fail(agent, error, what, release="target"):
     ends = release == "target" or (release is not None and release == current)
     if release == "target":
         release = current
-    changes = {"last_result": {"state": "FAILED", "code": code, "reason": reason,
-                               "version_code": release}}
+    last = {"state": "FAILED", "code": code, "reason": reason, "version_code": release}
+    reject = release if isinstance(error, _REJECT) else None
     if ends:
-        changes.update(state=state.IDLE, written=0)
-    agent.reject(release if isinstance(error, _REJECT) else None, **changes)
+        st.move("failed", reject, written=0, last_result=last)
+    else:
+        st.move("noted", reject, last_result=last)
     agent.report("FAILED", "%s: %s" % (code, reason), release)
     print("mpota: FAILED (%s) %s" % (code, reason))
 
@@ -37,8 +38,8 @@ def interrupted(agent, error):
     reason = "interrupted at byte %d, resumes on the next poll: %s" % (st.get("written", 0),
                                                                        error)
     kind = getattr(error, "code", "error")
-    st.save(last_result={"state": "INTERRUPTED", "code": kind, "reason": reason,
-                         "version_code": code})
+    st.move("interrupted", last_result={"state": "INTERRUPTED", "code": kind,
+                                        "reason": reason, "version_code": code})
     agent.report("INTERRUPTED", "%s: %s" % (kind, reason), code)
     print("mpota: download %s" % reason)
 
@@ -54,7 +55,7 @@ def unexpected(agent, error):
         return
     code = (st.get("target") or {}).get("version_code")
     reason = "unexpected %s: %s" % (name, error)
-    st.save(last_result={"state": "FAILED", "code": "error", "reason": reason,
-                         "version_code": code})
+    st.move("noted", last_result={"state": "FAILED", "code": "error", "reason": reason,
+                                  "version_code": code})
     agent.report("FAILED", "error: " + reason, code)
     print("mpota: FAILED (error) %s; the update stays %s" % (reason, st.name))

@@ -30,9 +30,18 @@ def begin(manifest_b64, signature_b64):
     except ValueError as e:
         raise StateError("the manifest or signature sent is not base64 (%s): send the "
                          "release directory's files unchanged" % e)
-    part, target, key, written = agent.begin(raw, sig, "push:serial")  # refusals recorded
+    from mpota import accept
+
+    try:
+        # refusals are recorded by begin
+        part, target, key, written = accept.begin(agent, raw, sig, "push:serial")
+    finally:
+        mpota.drop("accept")
     _session.clear()
-    writer = agent.writer(part, target, written, key)  # resumes at a whole block
+    from mpota import install
+
+    writer = install.writer(agent, part, target, written, key)  # resumes at a whole block
+    mpota.drop("install")
     _session.update(agent=agent, target=target, writer=writer, saved=writer.committed)
     print("mpota: receiving %s (%d bytes) at byte %d" % (target["version"],
                                                          target["payload_size"], writer.offset))
@@ -77,7 +86,7 @@ def chunk(offset, data_b64):
         _session.clear()
         raise
     if writer.committed - _session["saved"] >= _SAVE_EVERY:
-        _session["agent"].st.save(written=writer.committed)
+        _session["agent"].st.move("progress", written=writer.committed)
         _session["saved"] = writer.committed
     return writer.offset
 
@@ -93,6 +102,9 @@ def finish():
         agent.fail(e, "pushed image failed its check")
         _session.clear()
         raise
-    agent.staged(target)
+    from mpota import install
+
+    install.staged(agent, target)
     _session.clear()
+    mpota.drop("install", "slot")
     return "STAGED"

@@ -3,7 +3,6 @@
 import time
 
 import mpota
-from mpota import state
 from mpota.errors import BusyError, ImageError, OTAError, StateError
 
 
@@ -26,7 +25,7 @@ def apply(agent, force=False):
     """Reboot into the staged image when the policy allows it (force
     overrides all but a busy application)."""
     st = agent.st
-    if st.name != state.STAGED:
+    if not st.can("apply"):
         raise StateError("nothing staged (state %s)" % st.name)
     why = may_reboot(agent)
     if why is not None and not (force and why[0] != "busy"):
@@ -56,7 +55,7 @@ def apply(agent, force=False):
         agent.fail(e, "staged image failed its final check")
         raise
     agent.free_block()
-    st.save(state=state.REBOOTING)
+    st.move("apply")
     agent.report("REBOOTING", None, target["version_code"])
     agent.close()
     print("mpota: rebooting into %s" % target["version"])

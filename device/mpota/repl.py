@@ -1,6 +1,5 @@
 # The technician's REPL commands that are not part of the update path.
 # Loaded for the call and dropped after (mpota._phase).
-from mpota import state
 from mpota.errors import BusyError, StateError
 
 _PENDING_VERIFY = const(1)  # otadata.PENDING_VERIFY
@@ -65,7 +64,7 @@ def rollback(agent):
     verified image whose security counter is not below the floor."""
     if agent.busy is not None and agent.busy():
         raise BusyError("the application is busy: not rolling back now")
-    if agent.st.name in (state.DOWNLOADING, state.STAGED):
+    if not agent.st.can("rollback"):
         raise StateError("an update is %s; the other slot holds no complete image"
                          % agent.st.name)
     other = agent.hw.next_slot()
@@ -86,7 +85,7 @@ def rollback(agent):
     except OSError as e:
         raise StateError("the bootloader refused the image in %s (%s): not rolling back"
                          % (label, e))
-    agent.st.save(state=state.IDLE, target=None)
+    agent.st.move("rollback", target=None)
     agent.report("ROLLBACK_REQUESTED", "technician asked to boot %s (v%s)"
                  % (label, known.get("version")))
     print("mpota: rebooting into %s (v%s)" % (label, known.get("version")))

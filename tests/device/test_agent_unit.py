@@ -78,6 +78,7 @@ def cfg(**policy):
     p.update(policy)
     return {"server": "https://ota.example", "device_id": "d1", "token": "t", "board": "b",
             "chip_id": 0, "version": "1.0.0", "version_code": 1, "policy": p, "cas": [],
+            "trusted_pems": [],
             "download": {"stall_s": 1, "redirects": 3}}
 
 def agent(link=None, busy=None, **policy):
@@ -131,7 +132,7 @@ def test_a_refused_manifest_rejects_the_release_a_drop_does_not() -> None:
     (got,) = run("""
 a = agent()
 a.st.save(state=state.DOWNLOADING, written=8192, target={"version_code": 2})
-a.interrupted(TransportError("dropped"))
+a.outcome("interrupted", TransportError("dropped"))
 after_drop = [a.st.name, a.st.get("written"), a.st.get("last_result")["state"],
               a.st.get("rejected", [])]
 a.fail(ManifestError("no", "bad-signature"), "release refused")
@@ -161,29 +162,41 @@ result([a.st.name, a.st.get("written"), a.st.get("rejected"),
 
 def test_begin_saves_once_and_resumes_at_a_whole_block() -> None:
     (got,) = run("""
-class Fixed(Agent):
-    def verify(self, raw, sig, size):
+import sys
+from mpota import accept
+
+class Verify:
+    # mpota.verify's answer for a good release (the verifier has its own tests)
+    @staticmethod
+    def release(raw, sig, pems, facts, nvs):
         return {"version": "2.0.0", "version_code": 2, "security_counter": 0,
-                "sha256": "ab" * 32, "size": 50000, "payload_size": 50000, "iv": None}, None
-a = Fixed(cfg(), HW(), Counting(TMP + "/begin.json"), link=Link())
+                "sha256": "ab" * 32, "size": 50000, "payload_size": 50000}, None
+
+def begin(a):
+    sys.modules["mpota.verify"] = mpota.verify = Verify  # dropped after each verify
+    return accept.begin(a, b"m", b"s", "https://x/p")
+
+a = agent()
 a.st.save(state=state.DOWNLOADING, written=10000, target={"sha256": "ab" * 32},
           installed={"ota_1": {"version": "0.9"}})
 Counting.saves = 0
-part, target, key, written = a.begin(b"m", b"s", "https://x/p")
+part, target, key, written = begin(a)
 saves = Counting.saves
-stale = Fixed(cfg(), HW(), Counting(TMP + "/stale.json"), link=Link())
+stale = agent()
 stale.st.save(state=state.DOWNLOADING, written=10 ** 9, target={"sha256": "ab" * 32})
-result([saves, written, a.st.get("installed"), target["slot"], a.st.name,
-        stale.begin(b"m", b"s", "https://x/p")[3]])
+result([saves, written, a.st.get("installed"), target["slot"], target["resumed_at"],
+        a.st.name, a.link.reports, begin(stale)[3]])
 """)
-    assert got == [1, 8192, {}, "ota_1", "DOWNLOADING", 0]
+    # no report: the server saw the offer; the resume is told with STAGED
+    assert got == [1, 8192, {}, "ota_1", 8192, "DOWNLOADING", [], 0]
 
 
 def test_begin_refuses_while_an_update_is_staged() -> None:
     (got,) = run("""
 a = agent()
 a.st.save(state=state.STAGED)
-result(code_of(a.begin, b"m", b"s", "https://x/p"))
+from mpota import accept
+result(code_of(accept.begin, a, b"m", b"s", "https://x/p"))
 """)
     assert got == "state"
 
@@ -237,3 +250,133 @@ result(list(health.classify(*{args!r})))
         assert got[1] is None
     else:
         assert verdict[1] in got[1]
+
+
+DOWNLOAD = """
+import sys, hashlib, binascii
+from mpota import accept, install
+
+IMAGE = b"\\xe9" + bytes(range(256)) * 156  # 39937 bytes: not a whole number of blocks
+
+class Answer:
+    def __init__(self, first):
+        self.status, self.length = 206, len(IMAGE) - first
+        self.range = "bytes %d-%d/%d" % (first, len(IMAGE) - 1, len(IMAGE))
+        self.body = memoryview(IMAGE)[first:]
+        self.pos = 0
+    def url(self):
+        return "https://x/p"
+    def readinto(self, mv):
+        n = min(len(mv), len(self.body) - self.pos)
+        mv[:n] = self.body[self.pos:self.pos + n]
+        self.pos += n
+        return n
+
+class Client:
+    s = None
+    def __init__(self):
+        self.firsts = []
+    def request(self, method, url, headers):
+        first = int(headers["Range"][6:-1])
+        self.firsts.append(first)
+        return Answer(first)
+    def close(self):
+        pass
+
+class Verify:
+    @staticmethod
+    def release(raw, sig, pems, facts, nvs):
+        return {"version": "2.0.0", "version_code": 2, "security_counter": 0, "size": len(IMAGE),
+                "payload_size": len(IMAGE),
+                "sha256": binascii.hexlify(hashlib.sha256(IMAGE).digest()).decode()}, None
+
+class Saves(Counting):
+    log = []
+    def save(self, **changes):
+        Saves.log.append((changes.get("state", self.name), changes.get("written")))
+        Counting.save(self, **changes)
+
+def downloader(path, hw=None):
+    a = Agent(cfg(), hw or HW(), Saves(TMP + path), link=Link())
+    a.cfg["download"].update(window=4096, save_ms=0, retries=1, backoff_ms=1, backoff_max_ms=1)
+    a._client = Client()
+    return a
+
+def install_once(a):
+    sys.modules["mpota.verify"] = mpota.verify = Verify
+    part, target, key, written = accept.begin(a, b"m", b"s", "https://x/p")
+    from mpota import install
+    install.download(a, part, target, written, key)
+"""
+
+
+def test_the_last_progress_save_is_the_staged_one() -> None:
+    (got,) = run(DOWNLOAD + """
+a = downloader("/whole.json")
+install_once(a)
+result([Saves.log, a.st.name, [r["state"] for r in a.link.reports],
+        bytes(a.hw.slots[1].data[:len(IMAGE)]) == IMAGE])
+""")
+    log, name, reports, same = got
+    total = 39937
+    assert log[0] == ["DOWNLOADING", 0] and log[-1] == ["STAGED", total]
+    progress = [w for s, w in log[1:-1]]
+    assert progress == list(range(4096, total, 4096))  # every window but the end
+    assert (name, reports, same) == ("STAGED", ["STAGED"], True)
+
+
+def test_a_reset_during_the_read_back_resumes_from_the_last_save() -> None:
+    (got,) = run(DOWNLOAD + """
+from mpota import slot
+
+class PowerCut(Exception):
+    pass
+
+def cut(self, *args):
+    raise PowerCut()
+
+a = downloader("/cut.json")
+check = slot.SlotWriter.check
+slot.SlotWriter.check = cut  # the power goes during the final read-back
+try:
+    install_once(a)
+except PowerCut:
+    pass
+before = [a.st.name, a.st.get("written")]
+slot.SlotWriter.check = check
+b = downloader("/cut.json", a.hw)  # the next boot: the same state file and flash
+install_once(b)
+result([before, b._client.firsts, b.st.name, b.link.reports[-1].get("detail"),
+        bytes(b.hw.slots[1].data[:len(IMAGE)]) == IMAGE])
+""")
+    before, firsts, name, detail, same = got
+    assert before == ["DOWNLOADING", 36864]  # the last save: the end was not saved
+    assert firsts == [36864]  # one request, from the last saved whole block
+    assert (name, detail, same) == ("STAGED", "resumed at byte 36864", True)
+
+
+def test_a_fault_while_only_checking_is_retry_later_and_recorded_nowhere() -> None:
+    (got,) = run("""
+class Starved(Link):
+    def check(self, agent, code):
+        raise MemoryError("memory allocation failed, allocating 807 bytes")
+a = agent(Starved())
+confirmed = {"state": "CONFIRMED", "version_code": 2, "reason": None}
+a.st.save(state=state.IDLE, target={"version_code": 2}, last_result=confirmed)
+mpota._agent = a  # what mpota.poll() drives
+out = mpota.poll()
+result([out["result"], out["error"], a.st.get("last_result") == confirmed, a.link.reports])
+""")
+    assert got == ["RETRY_LATER", "resource", True, []]
+
+
+def test_a_bad_move_ends_as_a_failed_result_never_raised() -> None:
+    (got,) = run("""
+a = agent()
+mpota._agent = a
+out = mpota.apply()  # nothing staged: refused before any move
+bad = mpota._guard(lambda a: a.st.move("staged", written=1))  # IDLE cannot stage
+result([out["error"], bad["result"], bad["error"], bad["reason"], a.st.name,
+        a.st.get("written")])
+""")
+    assert got == ["state", "FAILED", "bad-move", "bad move: staged in IDLE", "IDLE", None]

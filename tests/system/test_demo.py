@@ -11,7 +11,7 @@ def test_demo_story_happens(tmp_path: Path) -> None:
     steps, history = demo.run(tmp_path / "demo")
     assert [s.title for s in steps if not s.ok] == []
     assert [r["state"] for r in history] == [
-        "DOWNLOADING", "STAGED", "REBOOTING", "CONFIRMED",
-        "DOWNLOADING", "STAGED", "REBOOTING", "FAILED", "ROLLED_BACK"]
+        "STAGED", "REBOOTING", "CONFIRMED",
+        "STAGED", "REBOOTING", "FAILED", "ROLLED_BACK"]
     failed = next(r for r in history if r["state"] == "FAILED")
     assert failed["version_code"] == 300  # reported while v3 was on probation

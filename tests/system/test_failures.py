@@ -212,7 +212,7 @@ def test_refused_new_offer_leaves_the_download_in_progress_alone(fleet, tmp_path
     records = board.boot(max_boots=3)
     assert story(records)[-1] == ("ota_1", "2.0.0", "repl"), records[0].output
     details = " ".join(r["detail"] or "" for r in fleet.reports(device_id(board)))
-    assert f"resuming at {written}" in details
+    assert f"resumed at byte {written}" in details
 
 
 # --- the update source, with and without an mpota server (C1) ---

@@ -169,7 +169,7 @@ def test_ctrl_c_during_trigger_leaves_the_board_on_its_image(fleet: Fleet, seria
         proxy.stall_after = None
         out = mpota("trigger", "--port", s.port).stdout
     assert "rebooting into 2.0.0" in out, out
-    assert any(f"resuming at {state['written']}" in (r["detail"] or "")
+    assert any(f"resumed at byte {state['written']}" in (r["detail"] or "")
                for r in fleet.reports(json.loads((board.fs / "mpota.json").read_text())
                                       ["device_id"]))
 
