@@ -18,7 +18,7 @@ from test_agent import SLOT1, WIFI, agent_state, device_id, otadata_states, stor
 # An image size that is not a multiple of 4096, as almost every real image
 SIZE = 70_000
 # main.py: with the file "cut" present, the power goes during the final read-back
-# (after the last progress save, before STAGED), as on a board
+# (after the last progress save; the end is saved by STAGED after the read-back), as on a board
 CUT_IN_READBACK = """import os
 import mpota
 if 'cut' in os.listdir():
@@ -65,7 +65,7 @@ def test_reset_after_the_last_save_completes_the_update(fleet: Fleet, enc: keys.
     assert story(records) == [("ota_0", "1.0.0", "reset")], records[0].output
     assert f"CUT during the read-back, {total} of {total} bytes saved" in records[0].output
     state = agent_state(board)
-    assert (state["state"], state["written"]) == ("DOWNLOADING", total)
+    assert state["state"] == "DOWNLOADING" and state["written"] < total, state
     # "total" is what the cut leaves; the others are what a state file may hold
     written = {"total": total, "odd": total - 5000, "beyond": total + 4096}[resume_at]
     write_state(board, written=written)
