@@ -11,10 +11,14 @@ PYTHON  ?= python3
 
 all: test
 
-$(STAMP): pyproject.toml
+# The development environment is pinned exactly by constraints.txt (users get
+# pyproject.toml's ranges); the build backend too, so the editable install
+# needs no download of its own.
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -c constraints.txt setuptools
+	$(PY) -m pip install --quiet --no-build-isolation -c constraints.txt -e '.[dev,sim]'
 	touch $(STAMP)
 
 setup: $(STAMP)

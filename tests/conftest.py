@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -10,9 +11,14 @@ from typing import Any
 import pytest
 
 import services
-from helpers import BOARD_4MB
+from helpers import BOARD_4MB, REPO
 from mpota_host.firmware import write_image
+from mpota_host.resources import CACHE_ENV
 from mpota_host.sim.harness import SimBoard
+
+# The compiled .mpy cache of the test runs stays in the checkout (.work/ is
+# ignored by git), not in the user's cache; a test may point it elsewhere.
+os.environ.setdefault(CACHE_ENV, str(REPO / ".work" / "mpy-cache"))
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,7 @@ from .server.app import ServerHandle, start_server
 from .server.store import add_device, reports
 from .sim.harness import AGENT_MODULES, BootRecord, SimBoard
 
-BOARD = Path(__file__).resolve().parents[2] / "boards" / "esp32-generic-4mb"
+BOARD = "esp32-generic-4mb"
 WORK = Path("demo")
 SIZE = 1536 * 1024
 DEVICE = "demo-board-1"

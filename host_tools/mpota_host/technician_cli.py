@@ -65,6 +65,7 @@ def status_cmd(port: str, baud: int, as_json: bool) -> None:
 def provision_cmd(port: str, baud: int, config_path: Path, hooks: bool) -> None:
     """Install the compiled agent, its config and keys; running it twice changes nothing."""
     config = technician.ProvisionConfig.load(config_path)
+    technician.agent_files()  # no agent or no mpy-cross: refused before the port is opened
     with technician.connect(port, baud) as link:
         report = technician.provision_board(link, config, hooks, click.echo)
     click.echo(f"provisioned {config.device_id}: {len(report.written)} written, "

