@@ -35,9 +35,12 @@ test: services
 bench: $(STAMP)
 	$(PY) -m bench
 
+# ruff; mypy (strict) over the host tools; the device agent against the ESP32
+# port's API (micropython-esp32-stubs, see tests/stubcheck.py)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(PY) tests/stubcheck.py
 
 clean:
 	rm -rf $(VENV) .work demo build *.egg-info .pytest_cache .ruff_cache .mypy_cache

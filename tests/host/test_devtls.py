@@ -46,9 +46,9 @@ def test_a_san_address_and_name_pass_certificate_checks_and_others_fail(tmp_path
         _handshake(handle.port, tls.ca_pem, "127.0.0.2", "127.0.0.2")  # an IP SAN
         _handshake(handle.port, tls.ca_pem, "127.0.0.1", "updates.test")  # a DNS SAN
         _handshake(handle.port, tls.ca_pem, "127.0.0.1", "localhost")
-        with pytest.raises(ssl.SSLCertVerificationError, match="mismatch|match"):
+        with pytest.raises(ssl.SSLCertVerificationError, match="match"):
             _handshake(handle.port, tls.ca_pem, "127.0.0.1", "other.test")
-        with pytest.raises(ssl.SSLCertVerificationError, match="mismatch|match"):
+        with pytest.raises(ssl.SSLCertVerificationError, match="match"):
             _handshake(handle.port, tls.ca_pem, "127.0.0.2", "127.0.0.3")
 
 
