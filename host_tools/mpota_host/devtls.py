@@ -195,6 +195,13 @@ _WILDCARDS = ("0.0.0.0", "::", "")
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
+def _is_loopback(name: str) -> bool:
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return name == "localhost"
+
+
 def serve_advice(host: str, port: int, tls: DevTLS, names: tuple[str, ...]) -> list[str]:
     """What ``mpota serve --dev`` tells its user: the server URL for the
     devices' config, the CA file to provision, and a listening address that
@@ -219,7 +226,7 @@ def serve_advice(host: str, port: int, tls: DevTLS, names: tuple[str, ...]) -> l
     shown = f"[{url_host}]" if ":" in url_host else url_host
     lines.append(f"provisioning config (mpota provision --config): "
                  f"\"server\": \"https://{shown}:{port}\", \"ca\": \"{tls.ca_pem}\"")
-    if listen in _LOOPBACK and any(n not in _LOOPBACK for n in given):
+    if listen in _LOOPBACK and not all(_is_loopback(n) for n in given):
         lines.append(f"warning: listening on {listen} only: a board on the LAN cannot connect; "
                      "add --host 0.0.0.0 (or this machine's LAN address)")
     return lines

@@ -87,3 +87,8 @@ def test_the_advice_names_the_server_url_the_ca_and_an_unreachable_listener(
     assert len(lines) == 1
     lines = devtls.serve_advice("192.168.1.30", 8443, tls, ())
     assert "does not cover 192.168.1.30" in lines[0] and "--san 192.168.1.30" in lines[0]
+
+
+def test_no_lan_warning_for_a_loopback_san(tmp_path: Path) -> None:
+    tls, _ = devtls.prepare(tmp_path / "tls", ("127.0.0.2",))
+    assert len(devtls.serve_advice("127.0.0.1", 8443, tls, ("127.0.0.2",))) == 1
