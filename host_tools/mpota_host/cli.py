@@ -216,7 +216,10 @@ def flash_cmd(firmware: Path, port: str, board_name: str, baud: int) -> None:
 
 @cli.group()
 def sim() -> None:
-    """The simulated ESP32 board (MicroPython unix port + flash file)."""
+    """The simulated ESP32 board (MicroPython unix port + flash file).
+
+    Booting a board needs the unix-port MicroPython: pip install 'mpota[sim]'.
+    """
 
 
 @sim.command("firmware")
