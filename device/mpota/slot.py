@@ -1,7 +1,9 @@
 # Streaming an image into the inactive OTA slot: one 4096-byte buffer that
 # the network reads into directly, whole-block writeblocks() (each block
-# erased and written once), SHA-256 while writing, and a read-back check of
-# everything before the slot may become bootable.
+# erased and written once), and one SHA-256 of the slot read back (what the
+# slot holds, the image the manifest's sha256 covers) before the slot may
+# become bootable.  Nothing is hashed while streaming: the read-back hash is
+# the one that proves the slot, so a second one would only cost time.
 import binascii
 import hashlib
 
@@ -34,7 +36,6 @@ class SlotWriter:
         self.size = size  # image bytes to write and hash
         self.total = total or size  # payload bytes to download
         self.buf = buf  # memoryview(bytearray(4096)), owned by the caller
-        self.sha = hashlib.sha256()
         self.committed = 0  # payload bytes handled, a multiple of BLOCK until the end
         self.fill = 0  # bytes in buf not yet on flash
         self.key = key
@@ -59,18 +60,12 @@ class SlotWriter:
         partial last block (or equal the total, after a reset during the
         read-back): that block is downloaded again.  An offset outside the
         payload (a state file from elsewhere) starts again from 0.  The blocks
-        kept are hashed again (a hash object cannot be saved across a reset)."""
+        kept are not read now: check() reads the whole slot back.  feed is
+        accepted for older callers and not needed."""
         offset = resume_point(offset, self.total)
-        self.sha = hashlib.sha256()
         if self.key:
             # past byte 0 the IV is the ciphertext block just before offset
             self.cipher = cryptolib.aes(self.key, 2, self.iv) if offset == 0 else None
-        for block in range(offset // BLOCK):
-            self.part.readblocks(block, self.buf)
-            real = self.size - block * BLOCK  # the image may end inside this block
-            self.sha.update(self.buf if real >= BLOCK else self.buf[:max(real, 0)])
-            if feed:
-                feed()
         self.committed = offset
         self.fill = 0
         return offset
@@ -94,9 +89,7 @@ class SlotWriter:
                              % ("wrong content key or not encrypted" if self.key else
                                 "encrypted, or not an app image, while the manifest says "
                                 "plain"))
-        real = min(n, self.size - self.committed)
-        self.sha.update(self.buf[:real])
-        for i in range(real, BLOCK):
+        for i in range(min(n, self.size - self.committed), BLOCK):
             self.buf[i] = 0xFF  # erased flash: padding the last block writes nothing
         self.part.writeblocks(self.committed // BLOCK, self.buf)
         self.committed += n
@@ -126,15 +119,10 @@ class SlotWriter:
         self.fill = 0
 
     def check(self, expected_hex, feed=None):
-        """The streamed hash and a hash of the slot read back must both be
-        the manifest's; raises ImageError otherwise."""
+        """The SHA-256 of the image read back from the slot must be the
+        manifest's; raises ImageError otherwise (the slot invalidated)."""
         if self.offset != self.total:
             raise ImageError("only %d of %d bytes were written" % (self.offset, self.total))
-        streamed = binascii.hexlify(self.sha.digest()).decode()
-        if streamed != expected_hex:
-            invalidate(self.part, self.buf)
-            raise ImageError("image SHA-256 %s... does not match the manifest's %s...: "
-                             "refusing to boot it" % (streamed[:16], expected_hex[:16]))
         check_slot(self.part, self.size, expected_hex, self.buf, feed)
 
 
@@ -146,7 +134,7 @@ def check_slot(part, size, expected_hex, buf, feed=None):
     block = 0
     while left:
         part.readblocks(block, buf)
-        sha.update(buf[:min(BLOCK, left)])
+        sha.update(buf if left >= BLOCK else buf[:left])
         left -= min(BLOCK, left)
         block += 1
         if feed:
@@ -154,8 +142,8 @@ def check_slot(part, size, expected_hex, buf, feed=None):
     readback = binascii.hexlify(sha.digest()).decode()
     if readback != expected_hex:
         invalidate(part, buf)
-        raise ImageError("slot read-back SHA-256 %s... is not the manifest's %s...: "
-                         "refusing to boot it" % (readback[:16], expected_hex[:16]))
+        raise ImageError("image SHA-256 %s... (read back) does not match the manifest's "
+                         "%s...: refusing to boot it" % (readback[:16], expected_hex[:16]))
 
 
 def invalidate(part, buf=None):

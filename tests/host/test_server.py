@@ -689,3 +689,85 @@ def test_cli_escapes_what_devices_sent(env: Env) -> None:
     assert "bad\\r\\nfake line" in out and len(out.splitlines()) == 2
     listed = mpota("device", "list", "--data", str(env.data), cwd=env.tmp).stdout
     assert "\x1b" not in listed and "failed\\x1b[2J" in listed
+
+
+# --- issue 10: the offer as the server's record, durability of acknowledged reports ---------
+
+def test_an_offer_is_recorded_as_an_update_in_progress(env: Env) -> None:
+    env.release(2)
+    token = env.device()
+    handle = env.serve()
+    assert ask(handle, token, version_code=2)["update"] is False  # nothing offered: no record
+    (device,) = list_devices(env.data)
+    assert (device["state"], device["offered_release"], device["offered_at"]) == (None,) * 3
+    assert ask(handle, token, version_code=1)["release"] == "r2"
+    (device,) = list_devices(env.data)
+    assert (device["state"], device["version_code"]) == ("OFFERED", 1)
+    assert (device["offered_release"], device["offered_version_code"]) == ("r2", 2)
+    first = device["offered_at"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", first)
+    assert reports(env.data) == []  # reports are what devices sent
+    # a device that reports and is offered the same release again (a resume,
+    # or one that refuses it) keeps its reported state and the first offer's time
+    assert post_report(handle, token, b'{"state": "INTERRUPTED", "version_code": 1}').status == 200
+    time.sleep(1.1)  # stamps have one-second resolution
+    assert ask(handle, token, version_code=1)["release"] == "r2"
+    (device,) = list_devices(env.data)
+    assert (device["state"], device["offered_release"]) == ("INTERRUPTED", "r2")
+    assert device["offered_at"] == first and device["last_seen"] > first
+    # a DOWNLOADING report from an older agent is still accepted and recorded
+    assert post_report(handle, token, b'{"state": "DOWNLOADING", "version_code": 1, '
+                                      b'"target_version_code": 2}').status == 200
+    assert list_devices(env.data)[0]["state"] == "DOWNLOADING"
+    assert [r["state"] for r in reports(env.data)] == ["INTERRUPTED", "DOWNLOADING"]
+    # a newer release is a new offer
+    env.release(3)
+    assert ask(handle, token, version_code=1)["release"] == "r3"
+    (device,) = list_devices(env.data)
+    assert (device["state"], device["offered_release"], device["offered_version_code"]) == (
+        "OFFERED", "r3", 3)
+    assert device["offered_at"] > first
+
+
+def test_a_database_from_before_the_offer_columns_is_upgraded(env: Env) -> None:
+    import sqlite3
+
+    env.data.mkdir(mode=0o700)
+    with sqlite3.connect(env.data / "mpota.db") as db:  # the schema as issue 9 left it
+        db.executescript("CREATE TABLE devices (id TEXT PRIMARY KEY, token_sha256 TEXT NOT NULL, "
+                         "board TEXT, tags TEXT NOT NULL DEFAULT '[]', created TEXT NOT NULL, "
+                         "last_seen TEXT, state TEXT, version_code INTEGER, reported_board TEXT);")
+    db.close()
+    env.release(2)
+    token = env.device()
+    assert ask(env.serve(), token, version_code=1)["release"] == "r2"
+    assert list_devices(env.data)[0]["offered_release"] == "r2"
+
+
+def test_an_acknowledged_report_survives_a_killed_server(env: Env) -> None:
+    # WAL + synchronous=NORMAL: the commit is in the WAL file before the 200 goes out
+    token = env.device()
+    proc = subprocess.Popen([tool("mpota"), "serve", "--releases", str(env.releases), "--data",
+                             str(env.data), "--dev", "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    watchdog = threading.Timer(30, proc.kill)
+    watchdog.start()
+    try:
+        assert proc.stdout is not None
+        found = re.search(r"127\.0\.0\.1:(\d+) ", proc.stdout.readline())
+        assert found is not None
+        handle = ServerHandle(f"https://localhost:{found.group(1)}", int(found.group(1)),
+                              env.data / "tls" / "ca.der", env.data / "tls" / "ca.pem", env.data)
+        for n in range(5):
+            body = json.dumps({"state": "STAGED", "version_code": 1, "detail": f"r{n}"})
+            assert post_report(handle, token, body.encode()).status == 200
+        proc.kill()  # SIGKILL: no shutdown, no checkpoint
+        proc.communicate(timeout=10)
+    finally:
+        watchdog.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=10)
+    assert proc.returncode == -9
+    assert [r["detail"] for r in reports(env.data)] == [f"r{n}" for n in range(5)]
+    assert list_devices(env.data)[0]["state"] == "STAGED"

@@ -196,11 +196,15 @@ class UpdateService:
             return _error(400, f"query parameter version_code={_shown(code)} must be an integer "
                                f"0..{MAX_VERSION_CODE}")
         version_code = int(code)
-        self.store.seen(device.id, board, version_code)
         now = time.time()
         query = UpdateQuery(device, device.board or board, version_code,
                             dt.datetime.fromtimestamp(now, dt.timezone.utc))
         chosen = self.policy(self.catalog.releases(), query)
+        # what the device runs and, with an offer, what it was offered: agents
+        # send no report when a download starts, so the offer is the server's
+        # record of an update in progress (one transaction either way)
+        self.store.seen(device.id, board, version_code,
+                        None if chosen is None else (chosen.id, chosen.version_code))
         if chosen is None:
             return web.json_response({"update": False, "poll_after": self.poll_after})
         log.info("device %s (%s, version_code %d): offered release %s (version_code %d)",
