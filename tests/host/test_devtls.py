@@ -92,3 +92,44 @@ def test_the_advice_names_the_server_url_the_ca_and_an_unreachable_listener(
 def test_no_lan_warning_for_a_loopback_san(tmp_path: Path) -> None:
     tls, _ = devtls.prepare(tmp_path / "tls", ("127.0.0.2",))
     assert len(devtls.serve_advice("127.0.0.1", 8443, tls, ("127.0.0.2",))) == 1
+
+
+def test_the_serve_command_covers_san_and_says_what_to_provision(tmp_path: Path) -> None:
+    """``mpota serve --dev --san`` as a user runs it: the advice names the
+    address for the config, and a board connecting by that address passes."""
+    import re
+    import subprocess
+    import sys
+
+    if not _can_use_127_0_0_2():
+        pytest.skip("this system's loopback has no 127.0.0.2 (Linux has the whole 127/8)")
+    (tmp_path / "rel").mkdir()
+    cmd = [sys.executable, "-m", "mpota_host.cli", "serve", "--releases", "rel", "--data",
+           "data", "--dev", "--san", "127.0.0.2", "--host", "0.0.0.0", "--port", "0"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline() for _ in range(3)]
+        advice = next((x for x in lines if '"server"' in x), "")
+        found = re.search(r'"server": "https://127\.0\.0\.2:(\d+)", "ca": "([^"]+)"', advice)
+        assert found, lines
+        _handshake(int(found[1]), tmp_path / found[2], "127.0.0.2", "127.0.0.2")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def test_san_without_dev_is_refused_in_one_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    (tmp_path / "rel").mkdir()
+    key = tmp_path / "k.pem"
+    key.write_text("x")
+    result = subprocess.run(
+        [sys.executable, "-m", "mpota_host.cli", "serve", "--releases", "rel", "--data", "d",
+         "--cert", "k.pem", "--key", "k.pem", "--san", "10.0.0.2"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result
+    assert result.stderr.strip().count("\n") == 0 and "--san goes with --dev" in result.stderr

@@ -11,6 +11,7 @@ from types import FrameType
 
 import click
 
+from .. import devtls
 from ..errors import UsageError, printable
 from . import store
 from .app import Limits, start_server
@@ -31,6 +32,9 @@ _data_option = click.option(
               help="Port to listen on (0 picks a free one).")
 @click.option("--dev", is_flag=True,
               help="Use a development CA and certificate for localhost (created in DATA/tls).")
+@click.option("--san", "sans", multiple=True, metavar="ADDRESS|NAME",
+              help="With --dev: an IP address or host name the certificate must also cover, "
+              "e.g. this machine's LAN address (repeatable).")
 @click.option("--cert", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="TLS certificate chain (PEM).")
 @click.option("--key", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -51,7 +55,8 @@ _data_option = click.option(
               help="Connections held at once; at the limit a new one closes the oldest idle "
               "connection (or is refused when none is idle).")
 @click.option("-v", "--verbose", is_flag=True, help="Log every offer and report.")
-def serve_cmd(releases: Path, data: Path, host: str, port: int, dev: bool, cert: Path | None,
+def serve_cmd(releases: Path, data: Path, host: str, port: int, dev: bool,
+              sans: tuple[str, ...], cert: Path | None,
               key: Path | None, pubkey: Path | None, url_ttl: int, poll_after: int,
               idle_timeout: float, max_connections: int, verbose: bool) -> None:
     """Serve signed releases to devices over HTTPS until Ctrl-C."""
@@ -64,6 +69,14 @@ def serve_cmd(releases: Path, data: Path, host: str, port: int, dev: bool, cert:
     if not dev and not (cert and key):
         raise UsageError("mpota serve speaks TLS only: give --dev (a development CA for "
                          "localhost, created in DATA/tls) or --cert FILE --key FILE")
+    if sans and not dev:
+        raise UsageError("--san goes with --dev (the development certificate); a certificate "
+                         "of your own (--cert) must already name the address devices use")
+    tls = None
+    if dev:
+        tls, made = devtls.prepare(data / "tls", sans)
+        if made:
+            click.echo(f"mpota: {made}")
     handler = logging.StreamHandler()
     handler.setFormatter(_PrintableFormatter("mpota: %(message)s"))
     logging.basicConfig(handlers=[handler], level=logging.INFO if verbose else logging.WARNING)
@@ -76,6 +89,9 @@ def serve_cmd(releases: Path, data: Path, host: str, port: int, dev: bool, cert:
                       Limits(idle_timeout, max_connections)) as handle:
         click.echo(f"mpota: serving {len(handle.releases())} releases on "
                    f"https://{host}:{handle.port} (devices pin CA: {handle.ca_der})")
+        if tls is not None:
+            for line in devtls.serve_advice(host, handle.port, tls, sans):
+                click.echo(f"mpota: {line}")
         previous = signal.signal(signal.SIGTERM, on_signal)
         try:
             stopping.wait()  # the server runs in its own thread; Ctrl-C or SIGTERM ends this
