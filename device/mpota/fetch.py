@@ -23,7 +23,8 @@ def download(client, url, writer, opts, progress=None, sleep_ms=time.sleep_ms, f
     saved = writer.committed  # as the caller saved it
     t = ticks_ms()
     failures = 0
-    gc.collect()  # the heap in one piece for the TLS handshake
+    # no gc.collect() here: the check's connection carries the payload request
+    # (a new connection collects first: mpota.http, and the retry below)
     while writer.offset < size:
         pre = writer.iv_needed()  # CBC resumes need the ciphertext block before offset
         start = writer.offset - pre
