@@ -59,9 +59,21 @@ def _desc(info, head):
 _MMU_PAGE = 0x10000
 
 
-def _mapped(addr):
-    # ESP32 flash-mapped data (DROM) and instruction (IROM) address ranges
-    return 0x3F400000 <= addr < 0x3F800000 or 0x400C2000 <= addr < 0x40C00000
+# Flash-mapped data (DROM) and instruction (IROM) address ranges by image chip
+# id (ESP-IDF soc.h / esptool's *_MAP_START/END): a segment loaded there must
+# sit at the same offset in a 64 KiB MMU page as in flash.
+_MAPS = {
+    0: ((0x3F400000, 0x3F800000), (0x400C2000, 0x40C00000)),  # ESP32
+    2: ((0x3F000000, 0x3FF80000), (0x40080000, 0x40B80000)),  # ESP32-S2
+    5: ((0x3C000000, 0x3C800000), (0x42000000, 0x42800000)),  # ESP32-C3
+    9: ((0x3C000000, 0x3E000000), (0x42000000, 0x44000000)),  # ESP32-S3
+    12: ((0x3C000000, 0x3C400000), (0x42000000, 0x42400000)),  # ESP32-C2
+    13: ((0x42000000, 0x43000000),),  # ESP32-C6: IROM then DROM, one range
+}
+
+
+def _mapped(addr, chip_id):
+    return any(lo <= addr < hi for lo, hi in _MAPS.get(chip_id, _MAPS[0]))
 
 
 def _fold(x):
@@ -121,7 +133,7 @@ def validate(read, size, chip_id):
         load, seg_len = struct.unpack("<II", seg_head)
         if seg_len > size or seg_len % 4:
             raise ImageError("segment length 0x%x is not a multiple of 4 inside the slot" % seg_len)
-        if _mapped(load) and (pos + 8) % _MMU_PAGE != load % _MMU_PAGE:
+        if _mapped(load, info.chip_id) and (pos + 8) % _MMU_PAGE != load % _MMU_PAGE:
             raise ImageError("segment at 0x%x: load address 0x%x not aligned to its flash offset"
                              % (pos, load))
         take(8, False)

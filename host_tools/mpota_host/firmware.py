@@ -17,12 +17,14 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from esptool.targets import CHIP_DEFS
+
 from .errors import FirmwareError
 
 BEHAVIOURS = ("healthy", "health-fail", "crash", "hang")
 IMAGE_MAGIC = 0xE9
 CHECKSUM_SEED = 0xEF
-DROM_ADDR = 0x3F400020
+DROM_ADDR = 0x3F400020  # the ESP32's; other chips: drom_addr(chip_id)
 ENTRY_ADDR = 0x40081000
 APP_DESC_MAGIC = 0xABCD5432
 APP_DESC = struct.Struct("<II8s32s32s16s16s32s32sHHB3s72s")
@@ -50,6 +52,15 @@ def _filler(seed: bytes, length: int) -> bytes:
         out += hashlib.sha256(seed + counter.to_bytes(8, "little")).digest()
         counter += 1
     return bytes(out[:length])
+
+
+def drom_addr(chip_id: int) -> int:
+    """Where an app's first (flash-mapped data) segment loads on this chip, as
+    esptool's elf2image lays it out: the chip's DROM window + 0x20."""
+    for target in CHIP_DEFS.values():
+        if chip_id == target.IMAGE_CHIP_ID:
+            return int(target.DROM_MAP_START) + 0x20
+    raise FirmwareError(f"chip id {chip_id} is not a chip esptool knows")
 
 
 def build_image(
@@ -84,7 +95,8 @@ def build_image(
     )
     # wp_pin, spi drive x3, chip_id, min_rev (deprecated), min/max rev full, reserved, hash flag
     extended = struct.pack("<BBBBHBHH4sB", 0xEE, 0, 0, 0, chip_id, 0, 0, 399, b"\0" * 4, 1)
-    body = bytearray(header + extended + struct.pack("<II", DROM_ADDR, len(segment)) + segment)
+    segment_header = struct.pack("<II", drom_addr(chip_id), len(segment))
+    body = bytearray(header + extended + segment_header + segment)
     checksum = CHECKSUM_SEED
     for b in segment:
         checksum ^= b
@@ -104,9 +116,9 @@ def read_sim_descriptor(image: bytes) -> SimFirmware | None:
 
 
 def write_image(path: Path, version: str, behaviour: str, size: int = DEFAULT_SIZE,
-                chip_id: int = 0) -> SimFirmware:
+                chip_id: int = 0, flash_mb: int = 4) -> SimFirmware:
     """Build an image and write it atomically to ``path``."""
-    image = build_image(version, behaviour, size, chip_id)
+    image = build_image(version, behaviour, size, chip_id, flash_mb)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(image)
     tmp.replace(path)

@@ -7,13 +7,14 @@ size, writes, resets the board and closes the port.
 
 Two kinds of firmware are accepted:
 
-* MicroPython's full-flash image of an OTA build (``firmware.bin`` of
-  ESP32_GENERIC-OTA): bootloader, partition table and app, written whole at the
-  chip's bootloader offset (0x1000 on the ESP32). Its partition table must be
-  the board's.
-* An app-only image (the OTA build's ``micropython.bin``): written into ota_0,
-  with the board's partition table at 0x8000. The bootloader already on the
-  board starts it.
+* MicroPython's full image of an OTA build (the ``.bin`` micropython.org offers,
+  e.g. ``ESP32_GENERIC-OTA-<date>-v<version>.bin``; ``firmware.bin`` in a build
+  directory): bootloader, partition table and app, written whole at the chip's
+  bootloader offset (0x1000 on the ESP32 and ESP32-S2, 0x0 on the S3, C3, C6).
+  Its partition table must be the board's.
+* An app-only image (the ``.app-bin``; ``micropython.bin`` in a build
+  directory): written into ota_0, with the board's partition table at 0x8000.
+  The bootloader already on the board starts it.
 
 Either way the otadata partition is erased, so the bootloader boots ota_0 and
 not a slot that an earlier firmware selected.
@@ -37,7 +38,6 @@ from esptool.cmds import (
     write_flash,
 )
 from esptool.loader import ESPLoader
-from esptool.targets import CHIP_DEFS
 from esptool.util import FatalError, NotImplementedInROMError, flash_size_bytes
 from serial import SerialException
 
@@ -48,7 +48,6 @@ from .firmware import APP_DESC, APP_DESC_MAGIC, IMAGE_MAGIC
 from .partition_table import DATA_SUBTYPES, MAX_LENGTH, TABLE_OFFSET, Partition, from_binary
 
 DEFAULT_BAUD = 460800
-OTA_BUILD = "the ESP32_GENERIC-OTA build"
 
 
 class FlashRegion(NamedTuple):
@@ -111,7 +110,7 @@ def plan_flash(board: str | Path | boards.Board, firmware: Path) -> list[FlashRe
         raise FirmwareError(
             f"{firmware} is not an ESP32 firmware image: its first byte is {first} (images "
             f"start with 0xe9) and it has no partition table at 0x{TABLE_OFFSET - 0x1000:x}. "
-            f"Use firmware.bin (full image) or micropython.bin (app only) of {OTA_BUILD}."
+            f"Use {layout.full_file} (full image) or {layout.ota_file} (app-only image)."
         )
     slot = layout.initial_app
     facts = check_app_image(firmware, layout.chip_id, slot.size)
@@ -157,12 +156,12 @@ def flash_firmware(
     layout = boards.load(board)
     regions = plan_flash(layout, firmware)
     notes: list[str] = []
-    boot_offset = _bootloader_offset(layout)
+    boot_offset = layout.bootloader_offset
     if not any(r.offset <= boot_offset < r.offset + len(r.data) for r in regions):
         notes.append(
             "app-only image: the bootloader already on the board starts it. Rollback needs the "
-            f"bootloader of an OTA build: if unsure, flash the full firmware.bin of {OTA_BUILD} "
-            "once."
+            f"bootloader of a MicroPython build (all enable it): if unsure, flash "
+            f"{layout.full_file} once with esptool at 0x{layout.bootloader_offset:x}."
         )
     with _connect(port, min(ESPLoader.ESP_ROM_BAUD, baud), before) as rom:
         return _write(rom, layout, regions, port, baud, after, notes)
@@ -220,13 +219,13 @@ def _write(
 def _plan_full_image(
     layout: boards.Board, firmware: Path, data: bytes, base: int
 ) -> list[FlashRegion]:
-    boot_offset = _bootloader_offset(layout)
+    boot_offset = layout.bootloader_offset
     lead = boot_offset - base
     if lead < 0 or data[:lead].count(0xFF) != lead:
         raise FirmwareError(
             f"{firmware} is a full-flash image with data at 0x{base:x}, but the {layout.chip} of "
             f"board {layout.name} loads its bootloader from 0x{boot_offset:x}: the image is built "
-            f"for another chip. Use {OTA_BUILD} for {layout.chip}."
+            f"for another chip. Use {layout.full_file} for {layout.chip}."
         )
     data, base = data[lead:], boot_offset  # merged from 0: only erased flash comes before
     end = base + len(data)
@@ -266,9 +265,12 @@ def _table_mismatch(firmware: Path, table: list[Partition], layout: boards.Board
         return (
             f"{firmware}: this firmware's partition table has no ota_0/ota_1 "
             f"({_describe(table)}): it is not an OTA build and cannot be updated over the air. "
-            f"Download {OTA_BUILD} (its firmware.bin) instead."
+            + (f"Download {layout.full_file} instead." if layout.micropython_variant else
+               f"Flash {layout.ota_file} (app-only) with --board {layout.name}: mpota "
+               "writes this board's OTA partition table with it.")
         )
-    matching = [b.name for b in _known_boards() if list(b.partitions) == table]
+    matching = [b.name for b in _known_boards()  # the image's chip is the layout's here
+                if list(b.partitions) == table and b.chip_id == layout.chip_id]
     hint = (
         f"it is the layout of board {matching[0]}: flash with --board {matching[0]}"
         if matching
@@ -330,7 +332,7 @@ def _contents(
 ) -> str:
     """What a region of a full image holds, named by the board's layout."""
     names = []
-    if start <= _bootloader_offset(layout) < stop:
+    if start <= layout.bootloader_offset < stop:
         names.append("bootloader")
     if start <= TABLE_OFFSET < stop:
         names.append("partition table")
@@ -350,16 +352,6 @@ def _contents(
 # the board definition
 
 
-def _bootloader_offset(layout: boards.Board) -> int:
-    chip = CHIP_DEFS.get(layout.chip)
-    if chip is None:
-        raise BoardError(
-            f"board {layout.name}: esptool does not know chip {layout.chip!r}; "
-            f"known: {', '.join(sorted(CHIP_DEFS))}"
-        )
-    return int(chip.BOOTLOADER_FLASH_OFFSET)
-
-
 def _erased_otadata(layout: boards.Board) -> str:
     return f"otadata (erased: the bootloader boots {layout.initial_app.label})"
 
@@ -375,9 +367,9 @@ def _otadata(layout: boards.Board) -> Partition:
 
 def _known_boards() -> list[boards.Board]:
     known = []
-    for meta in sorted(boards.BOARDS_DIR.glob("*/board.json")):
+    for name in boards.known():
         try:
-            known.append(boards.load(meta.parent))
+            known.append(boards.require(name))
         except MpotaError:
             continue  # a broken definition is no candidate; loading it names the fault
     return known

@@ -32,7 +32,6 @@ MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
 PAYLOAD = "payload"
 _STAMP = "%Y-%m-%dT%H:%M:%SZ"
-_BOARD_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}")
 
 # name: (type, required, low, high): the value's range for an int, its length
 # for a str. The device's manifest._FIELDS is the same table (a test keeps them equal).
@@ -429,8 +428,7 @@ def _check_expiry(report: Report, fields: dict[str, Any], now: dt.datetime) -> N
 
 def _check_board(report: Report, fields: dict[str, Any], board_name: str | Path | None) -> None:
     named: str = fields["board"]
-    if board_name is None and not (_BOARD_NAME.fullmatch(named)
-                                   and (boards.BOARDS_DIR / named / "board.json").is_file()):
+    if board_name is None and named not in boards.known():
         # a name from the manifest is looked up among the known boards only, never as a path
         report.add("board", True, f"board {named!r} is not defined here: give --board to "
                    "check the fit")

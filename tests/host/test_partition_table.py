@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import pytest
 
 from helpers import BOARD_4MB, BOARD_8MB, tool
 from mpota_host import board as boards
+from mpota_host import keys
 from mpota_host import partition_table as pt
 from mpota_host.errors import BoardError, PartitionTableError
 
@@ -154,3 +157,97 @@ def test_cli_reports_bad_board(tmp_path: Path) -> None:
     )
     assert proc.returncode == 1
     assert "no board definition" in proc.stderr
+
+
+# board definitions: every family, unknown names, validation (docs/boards.md)
+
+FAMILY_BOARDS = {
+    # name: (chip, chip id, bootloader offset, flash MiB, slot size)
+    "esp32-generic-4mb": ("esp32", 0, 0x1000, 4, 0x180000),
+    "esp32-generic-8mb": ("esp32", 0, 0x1000, 8, 0x270000),
+    "esp32-s2-generic-4mb": ("esp32s2", 2, 0x1000, 4, 0x180000),
+    "esp32-s3-generic-4mb": ("esp32s3", 9, 0x0, 4, 0x180000),
+    "esp32-s3-generic-8mb": ("esp32s3", 9, 0x0, 8, 0x270000),
+    "esp32-c3-generic-4mb": ("esp32c3", 5, 0x0, 4, 0x180000),
+    "esp32-c6-generic-4mb": ("esp32c6", 13, 0x0, 4, 0x180000),
+    "esp32-c6-generic-8mb": ("esp32c6", 13, 0x0, 8, 0x270000),
+}
+
+
+def test_every_family_has_a_board_as_micropython_lays_it_out() -> None:
+    assert set(FAMILY_BOARDS) <= set(boards.known())
+    for name, (chip, chip_id, boot, mib, slot) in FAMILY_BOARDS.items():
+        b = boards.require(name)
+        assert (b.chip, b.chip_id, b.bootloader_offset, b.flash_size >> 20, b.slot_size) == (
+            chip, chip_id, boot, mib, slot), name
+        assert b.ota_file.endswith(".app-bin") and b.full_file.endswith(".bin")
+        assert b.download_page.startswith("https://micropython.org/download/ESP32_GENERIC")
+        table = pt.from_binary(b.table_binary())
+        assert [p.label for p in table] == ["nvs", "otadata", "phy_init", "ota_0", "ota_1"]
+
+
+@pytest.mark.parametrize("name", ["esp32-foo", "../boards/esp32-generic-4mb", ""])
+def test_require_refuses_unknown_names_with_the_known_ones(name: str) -> None:
+    with pytest.raises(BoardError, match=r"unknown board .*; known: .*esp32-c3-generic-4mb"):
+        boards.require(name)
+
+
+def test_custom_boards_from_mpota_boards(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    custom = tmp_path / "my-board"
+    shutil.copytree(BOARD_4MB, custom)
+    meta = json.loads((custom / "board.json").read_text()) | {"name": "my-board"}
+    (custom / "board.json").write_text(json.dumps(meta))
+    with pytest.raises(BoardError, match="unknown board 'my-board'"):
+        boards.require("my-board")
+    monkeypatch.setenv(boards.BOARDS_ENV, str(tmp_path))
+    assert "my-board" in boards.known() and boards.require("my-board").name == "my-board"
+
+
+VALID = {"name": "custom", "chip": "esp32s3", "chip_id": 9, "flash_size": 4194304,
+         "slots": ["ota_0", "ota_1"]}
+CSV = (BOARD_4MB / "partitions.csv").read_text()
+
+
+@pytest.mark.parametrize(("change", "csv", "message"), [
+    ({"chip_id": None}, CSV, r"board.json lacks chip_id: chip_id is the chip id"),
+    ({"flashsize": 1}, CSV, r"unknown field flashsize; known: name, chip"),
+    ({"chip_id": "9"}, CSV, r"chip_id must be a JSON int .*not \"9\""),
+    ({"chip": "esp33"}, CSV, r"chip 'esp33' is not a chip esptool knows; known: .*esp32c3"),
+    ({"chip_id": 0}, CSV, r"chip_id 0 is not esp32s3's; its images carry chip id 9"),
+    ({"bootloader_offset": 0x1000}, CSV, r"bootloader_offset 0x1000 is wrong: .* from 0x0"),
+    ({"flash_size": 3000000}, CSV, r"flash_size 3000000 is not a flash chip's size"),
+    ({"flash_size": 2097152}, CSV,
+     r"partitions.csv: ota_1 ends at 0x310000, past the 0x200000-byte flash"),
+    ({"slots": ["ota_0", "ota_9"]}, CSV, r"slot 'ota_9' is not in partitions.csv"),
+    ({"slots": ["ota_0", "nvs"]}, CSV, r"slot nvs is not an OTA app partition"),
+    ({"slots": ["ota_0"]}, CSV, r"slots must list two or more different partition labels"),
+    ({"name": "has space"}, CSV, r"name 'has space' must be the board's name, 1-32"),
+    ({}, CSV.replace("otadata,  data, ota,     0xd000,   0x2000,", ""), r"no otadata partition"),
+    ({"partition_table": "none.csv"}, CSV, r"cannot read partition CSV .*none.csv"),
+])
+def test_invalid_board_json_is_refused_in_one_line(tmp_path: Path, change: dict[str, object],
+                                                   csv: str, message: str) -> None:
+    meta = {k: v for k, v in (VALID | change).items() if v is not None}
+    (tmp_path / "board.json").write_text(json.dumps(meta))
+    (tmp_path / "partitions.csv").write_text(csv)
+    with pytest.raises(BoardError, match=message) as e:
+        boards.load(tmp_path)
+    assert "\n" not in str(e.value)
+    meta = VALID.copy()
+    (tmp_path / "board.json").write_text(json.dumps(meta))
+    (tmp_path / "partitions.csv").write_text(CSV)
+    assert boards.load(tmp_path).name == "custom"
+
+
+@pytest.mark.parametrize("argv", [
+    ["partition-table", "esp32-foo", "--out", "x.bin"],
+    ["flash", "--port", "/dev/null", "--board", "esp32-foo", "fw.bin"],
+    ["release", "fw.bin", "--version", "1", "--version-code", "1", "--board", "esp32-foo",
+     "--key", "k/signing.pem", "--out", "rel"],
+])
+def test_cli_refuses_an_unknown_board(tmp_path: Path, argv: list[str]) -> None:
+    (tmp_path / "fw.bin").write_bytes(b"x")
+    keys.generate(tmp_path / "k")
+    proc = subprocess.run([tool("mpota"), *argv], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    assert "unknown board 'esp32-foo'; known: esp32-c3-generic-4mb, " in proc.stderr, proc.stderr

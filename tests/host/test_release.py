@@ -166,7 +166,7 @@ def test_verify_reports_a_missing_file(signed: Path) -> None:
     (lambda p: p.write_bytes(build_image("2", size=8192, chip_id=9)), "built for esp32s3"),
     (lambda p: p.write_bytes(build_image("2", size=0x181000)), "an app slot holds"),
     (lambda p: p.write_bytes(b"\xe9" + b"\xff" * 0x7FFF + b"\xaa\x50" + b"\xff" * 100),
-     "full-flash image"),
+     "full image (a .bin"),
     (lambda p: p.write_text("hello"), "not an ESP32 app image"),
 ])
 def test_release_preflight_refuses_and_leaves_nothing(
