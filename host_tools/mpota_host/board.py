@@ -1,7 +1,8 @@
 """Board definitions: ``<dir>/board.json`` plus its partition CSV (docs/boards.md).
 
-A board is named (``esp32-s3-generic-8mb``: a directory under ``boards/``, or
-under one of the directories listed in ``$MPOTA_BOARDS``) or given as a
+A board is named (``esp32-s3-generic-8mb``: a directory of the definitions
+shipped with mpota, :func:`mpota_host.resources.boards_dir`, or of one of the
+directories listed in ``$MPOTA_BOARDS``) or given as a
 directory holding a ``board.json``. :func:`load` takes either; :func:`require`
 takes a name only (what a device registry or a release manifest stores) and
 refuses an unknown one with the list of known names. Every fault of a
@@ -20,10 +21,9 @@ from typing import Any
 
 from esptool.targets import CHIP_DEFS
 
-from . import partition_table
+from . import partition_table, resources
 from .errors import BoardError, PartitionTableError
 
-BOARDS_DIR = Path(__file__).resolve().parents[2] / "boards"
 # Extra directories of board definitions, separated like PATH (os.pathsep).
 BOARDS_ENV = "MPOTA_BOARDS"
 NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}")
@@ -125,7 +125,7 @@ class Board:
 def search_path() -> list[Path]:
     """Where named boards are looked up: $MPOTA_BOARDS's directories, then the built-in ones."""
     extra = [Path(p) for p in os.environ.get(BOARDS_ENV, "").split(os.pathsep) if p]
-    return [*extra, BOARDS_DIR]
+    return [*extra, resources.boards_dir()]
 
 
 def known() -> list[str]:
