@@ -5,20 +5,21 @@
 #   r = c.expect(c.request("GET", "/v1/update?x", {"Authorization": "..."}), 200)
 #   data = r.read_all(8192)   # a bytearray (json.loads takes it)
 #
-# This module is the connection: one kept TLS socket, a request written in
-# one send, its response head read into a few headers.  mpota.url splits and
-# resolves URLs and follows redirects (request()).  The client is also the
-# response to its last request (status, length, range: the Content-Range
-# text or None, readinto, read_all): nothing is allocated per response but
-# the few headers it reads.  Failures: DownloadError (permanent), TLSError
-# (certificate not trusted), TransportError (drop, stall, 5xx: retryable);
-# decide by e.retryable.  Short names: every one is interned when the .mpy
-# loads, and each message over 10 characters is an object of its own.
+# The client is also the response to its last request (status, length,
+# range: the Content-Range text or None, readinto, read_all): nothing is
+# allocated per response but the few headers it reads.  One connection is
+# kept and carries the next request once the response has been read to its
+# end.  Failures: DownloadError (permanent), TLSError (certificate not
+# trusted), TransportError (drop, stall, 5xx: retryable); decide by
+# e.retryable.
+#
+# Written for a small heap: few functions, short names (every attribute and
+# argument name is interned when the .mpy loads), one message per failure
+# (each string over 10 characters is an object of its own).
 import gc
 import socket
 import tls
 
-from mpota import url as _url
 from mpota.errors import ConfigError, DownloadError, TLSError, TransportError
 
 _LINE = const(512)  # head lines are read in pieces of at most this
@@ -26,11 +27,73 @@ _HEAD = const(8192)  # the whole response head
 _DISCARD = const(2048)  # a redirect or error body up to this is read to keep the connection
 # the headers read are kept by their position in
 #   b" content-length content-range location connection transfer-encoding content-encoding "
-# (mpota.url reads location and the encodings by the same positions)
 _LENGTH = const(1)
 _RANGE = const(16)
+_LOCATION = const(30)
 _CONNECTION = const(39)
 _CHUNKED = const(50)  # Transfer-Encoding
+_ENCODING = const(68)  # Content-Encoding
+
+
+def short(url):
+    """url for a message: without its query (it may hold a signature), at most 100 chars."""
+    q = url.find("?")
+    if q >= 0:
+        url = url[:q] + "?..."
+    return url if len(url) <= 100 else url[:60] + "..." + url[-37:]
+
+
+def _hp(w):
+    # (host, port, ...) -> "host" or "host:port", as in the Host header
+    return w[0] if w[1] == 443 else "%s:%d" % (w[0], w[1])
+
+
+def split_url(url, w=None):
+    """'https://host:port/path?query' -> (host, port, path).  With w (host,
+    port, path), url may also be relative to it (a redirect's Location)."""
+    if url[:2] == "//":
+        url = "https:" + url
+    if w and ":" not in url.split("/", 1)[0]:  # no scheme: relative to w
+        path = w[2].split("?", 1)[0]
+        if url[:1] == "?":
+            return w[0], w[1], path + url
+        if url[:1] != "/":
+            url = path[:path.rfind("/") + 1] + url
+        # RFC 3986 5.2.4: "/a/b/../c" -> "/a/c"
+        q = url.find("?")
+        tail = "" if q < 0 else url[q:]
+        segs = (url if q < 0 else url[:q]).split("/")
+        out = []
+        for seg in segs:
+            if seg == "..":
+                if len(out) > 1:
+                    out.pop()
+            elif seg != ".":
+                out.append(seg)
+        if segs[-1] in (".", ".."):
+            out.append("")
+        return w[0], w[1], "/".join(out) + tail
+    if url[:8].lower() != "https://":
+        raise DownloadError("not an https:// URL: " + short(url))
+    rest = url[8:].split("#", 1)[0]
+    cut = len(rest)
+    for sep in "/?":
+        at = rest.find(sep)
+        if 0 <= at < cut:
+            cut = at
+    host, path = rest[:cut], rest[cut:]
+    if path[:1] != "/":
+        path = "/" + path
+    port = 443
+    if ":" in host:
+        host, port = host.rsplit(":", 1)
+        try:
+            port = int(port)
+        except ValueError:
+            host = ""
+    if not host:
+        raise DownloadError("bad URL " + short(url))
+    return host, port, path
 
 
 class Client:
@@ -40,7 +103,7 @@ class Client:
         stall: seconds without data; hops: the redirects followed."""
         self.base = None
         if url:
-            w = _url.split_url(url)
+            w = split_url(url)
             self.base = (w[0], w[1], w[2].rstrip("/"))
         self.cas = [cas] if type(cas) in (bytes, bytearray) else cas
         self.stall = stall
@@ -67,11 +130,11 @@ class Client:
     def url(self, w=None):
         """The URL of the last request (or of w), for a message."""
         w = w or self.where
-        return _url.short("https://" + _url.hp(w) + w[2])
+        return short("https://" + _hp(w) + w[2])
 
     def _send(self, method, w, headers, body):
         # one request (head and body in one write: no Nagle stall) and its head
-        hp = _url.hp(w)
+        hp = _hp(w)
         for _ in range(2):
             s = self.s
             reused = s is not None and self.where[:2] == w[:2] and self.keep and self.left == 0
@@ -244,6 +307,54 @@ class Client:
         raise e("HTTP %d%s (%s)" % (status, ": the server does not accept this device's "
                                     "id/token" if status == 401 else "", self.url()), status)
 
-    # request(method, target, headers=None, body=None): send a request and
-    # return the client as its response, following redirects (mpota.url)
-    request = _url.request
+    def request(self, method, target, headers=None, body=None):
+        """Send a request and return the client as its response, following
+        redirects.  target is a path under the base URL or an https:// URL.
+        A GET that was redirected goes straight to the redirect's target next
+        time, until that target stops answering 2xx (an expired signed URL)."""
+        headers = headers or {}
+        base = self.base
+        first = split_url(target) if base is None or "://" in target else \
+            (base[0], base[1], base[2] + target)
+        m = self.moved
+        m = m[1] if m and m[0] == target and method == "GET" else None  # a kept target
+        w = m or first
+        n = 0  # redirects followed
+        while True:
+            try:
+                self._send(method, w, headers, body)
+            except TransportError:
+                if w is m:  # the target does not answer: the original URL may send
+                    self.moved = None  # elsewhere next time (a drop in a body keeps it)
+                raise
+            status = self.status
+            url = self.h.get(_LOCATION)
+            if w is m and not 200 <= status < 300:
+                self.moved = m = None  # back to the original URL for a fresh redirect
+                w = first
+            elif status not in (301, 302, 303, 307, 308) or url is None:
+                break
+            else:
+                n += 1
+                if n > self.hops:
+                    self.close()
+                    raise DownloadError("more than %d redirects from %s"
+                                        % (self.hops, self.url(first)))
+                if status == 303 or (method == "POST" and status < 303):
+                    method, body = "GET", None
+                w = split_url(url, w)
+            self.expect(self)  # the body of the answer left behind
+        if 200 <= status < 300:
+            if w is not first and method == "GET":
+                self.moved = (target, w)
+            h = self.h
+            if h.get(_ENCODING, "identity").lower() != "identity":
+                bad = "Content-Encoding " + h[_ENCODING][:20]
+            elif _CHUNKED in h:
+                bad = "Transfer-Encoding " + h[_CHUNKED][:20]
+            else:
+                return self
+            self.close()
+            raise DownloadError("%s is sent with %s: serve it as is, with a Content-Length"
+                                % (self.url(), bad))
+        return self

@@ -1,4 +1,4 @@
-"""URLs in the device HTTP client (mpota.url, pure, on the unix port): splitting, the
+"""URLs in the device HTTP client (pure, on the unix port): splitting, the
 redirect forms web servers send, and URLs as error messages show them."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from helpers import unix_results
 
 def test_split_url() -> None:
     out = unix_results("""
-from mpota.url import split_url
+from mpota.http import split_url
 from mpota.errors import DownloadError
 for url in ("https://h/a/b?x=1", "https://h:8443", "HTTPS://h?q", "https://h:8443/p#frag",
             "http://h/", "https://h:x/", "https:///p"):
@@ -24,7 +24,7 @@ for url in ("https://h/a/b?x=1", "https://h:8443", "HTTPS://h?q", "https://h:844
 
 def test_redirect_locations_resolve_like_a_browser() -> None:
     out = unix_results("""
-from mpota.url import split_url
+from mpota.http import split_url
 from mpota.errors import DownloadError
 here = ("origin", 8443, "/rel/v1/payload?sig=1")
 for loc in ("https://cdn:444/b", "//cdn/b?s=2", "/abs/x", "other", "../v2/payload",
@@ -44,7 +44,7 @@ for loc in ("https://cdn:444/b", "//cdn/b?s=2", "/abs/x", "other", "../v2/payloa
 def test_messages_never_show_a_query_or_a_very_long_url() -> None:
     long_path = "/" + "d" * 200 + "/payload"
     (plain, signed, long) = unix_results(f"""
-from mpota.url import short
+from mpota.http import short
 result(short("https://h/p"))
 result(short("https://h/p?X-Amz-Signature=SECRET"))
 result(short("https://h{long_path}"))
