@@ -139,7 +139,8 @@ def known() -> list[str]:
 
 def _unknown(name: str) -> BoardError:
     return BoardError(f"unknown board {name!r}; known: {', '.join(known()) or '(none)'} "
-                      f"(or add a board definition: docs/boards.md)")
+                      "(or give a directory holding a board.json, or list its parent in "
+                      f"${BOARDS_ENV})")
 
 
 def _named(name: str) -> Path | None:
