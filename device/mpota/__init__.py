@@ -5,6 +5,11 @@
 #               mpota.poll()             (now and then: checks, downloads, applies)
 # At the REPL:  mpota.status(), mpota.check(), mpota.update(), mpota.apply(),
 #               mpota.confirm(), mpota.rollback()
+# In the application's loop, with watchdog_after_confirm "app":  mpota.feed()
+#
+# poll(), check(), update() and probation() bring the Wi-Fi station up with
+# mpota.json's "wifi" when it is down (network "agent", the default) and
+# leave it as they found it; network "app": the agent never touches it.
 #
 # The application can add health checks and say when it is busy:
 #   @mpota.health_check
@@ -118,7 +123,7 @@ def _phase(module, fn, *args):
         m = __import__("mpota." + module, None, None, (fn,))
         return getattr(m, fn)(a, *args)
 
-    return _guard(run, uses=(module, "health", "otadata", "repl", "policy"))
+    return _guard(run, uses=(module, "health", "otadata", "repl", "policy", "wifi"))
 
 
 def boot():
@@ -160,12 +165,21 @@ def update(url_or_release=None):
     return _guard(run, uses=("repl",))
 
 
+def feed():
+    """Feed the hardware watchdog the agent armed, if any.  With
+    watchdog_after_confirm "app" the application calls this (or feeds its
+    own machine.WDT) at least every app_watchdog_ms once an update is
+    confirmed.  See docs/watchdog.md."""
+    if _agent is not None:
+        _agent.hw.feed()
+
+
 def apply(force=False):
     return _guard(lambda a: a.apply(force))
 
 
 def poll():
-    return _guard(lambda a: a.poll(), uses=("health", "otadata"))
+    return _guard(lambda a: a.poll(), uses=("health", "otadata", "wifi"))
 
 
 def confirm():

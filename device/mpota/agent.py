@@ -26,6 +26,7 @@ class Agent:
         self._client = None
         self._buf = None
         self._wanted = False
+        self._net = None  # this call's network: "" usable, else why not (online())
 
     def block(self):
         """The one 4096-byte block buffer, taken when an install or a check
@@ -53,7 +54,29 @@ class Agent:
 
     # facts about this device
 
+    def online(self, timeout_ms=0):
+        """"" when the server may be reachable, else why not.  With network
+        "agent" and wifi configured, a Wi-Fi station that is down is brought
+        up (once per call into the agent; close() leaves it as it was found
+        unless wifi.keep).  Otherwise the agent does not touch the network."""
+        why = self._net
+        if why is None:
+            wifi = self.cfg.get("wifi")  # (absent from a hand-made config: unmanaged)
+            why = ""
+            if wifi and self.cfg["network"] == "agent":
+                try:
+                    why = self.hw.network_up(wifi, timeout_ms or wifi["timeout_s"] * 1000) or ""
+                finally:
+                    mpota.drop("wifi")
+            self._net = why
+        return why
+
     def client(self):
+        why = self.online()
+        if why:
+            err = OTAError(why, "wifi")  # the network may come back: try later
+            err.retryable = True
+            raise err
         if self._client is None:
             from mpota.http import Client
 
@@ -74,11 +97,19 @@ class Agent:
 
     def close(self):
         """End of a call into the agent: the connection and the block buffer
-        go back to the application."""
+        go back to the application, the Wi-Fi station is left as found."""
         if self._client is not None:
             self._client.close()
         self._buf = None
         self._wanted = False
+        self._net = None
+        if getattr(self.hw, "_found", None) is not None:  # online() brought the station up
+            from mpota import wifi
+
+            try:
+                wifi.restore(self.hw, self.cfg["wifi"]["keep"])
+            finally:
+                mpota.drop("wifi")
 
     def _link(self, fn, *args):
         link = self.link

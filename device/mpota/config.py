@@ -24,7 +24,10 @@ _TOP = {
     "version_code": (int, 0),
     "trusted_keys": (list, REQUIRED),
     "wifi": (dict, None),
+    "network": (str, "agent"),
     "watchdog_ms": (int, 30000),
+    "watchdog_after_confirm": (str, "agent"),
+    "app_watchdog_ms": (int, None),
     "policy": (dict, {}),
     "health": (dict, {}),
     "download": (dict, {}),
@@ -33,6 +36,8 @@ _POLICY = {"auto_apply": (bool, True), "window": (str, None), "reboot_delay_s": 
            "clock_trusted": (bool, False)}
 _HEALTH = {"network": (bool, True), "server": (bool, True), "min_free_heap": (int, 8192),
            "timeout_s": (int, 30)}
+_WIFI = {"ssid": (str, REQUIRED), "key": (str, None), "timeout_s": (int, 15),
+         "keep": (bool, False)}
 _DOWNLOAD = {"window": (int, 65536), "save_ms": (int, 1000), "retries": (int, 8),
              "stall_s": (int, 10), "backoff_ms": (int, 500), "backoff_max_ms": (int, 30000),
              "redirects": (int, 3)}
@@ -92,14 +97,26 @@ def parse(data, where=PATH):
     if not cfg["trusted_keys"]:
         raise ConfigError("%s: trusted_keys is empty: the agent would accept nothing" % where)
     wifi = cfg["wifi"]
-    if wifi is not None and (type(wifi.get("ssid")) is not str
-                             or type(wifi.get("key", "")) not in (str, type(None))):
-        raise ConfigError("%s: wifi must be {\"ssid\": \"...\", \"key\": \"...\"}" % where)
+    if wifi is not None:
+        if type(wifi.get("ssid")) is not str:
+            raise ConfigError("%s: wifi must be {\"ssid\": \"...\", \"key\": \"...\"}" % where)
+        cfg["wifi"] = wifi = _fill(where + " wifi", wifi, _WIFI)
+        if not 1 <= wifi["timeout_s"] <= 300:
+            raise ConfigError("%s: wifi.timeout_s must be 1 to 300 seconds" % where)
+    for name in ("network", "watchdog_after_confirm"):
+        if cfg[name] not in ("agent", "app"):
+            raise ConfigError("%s: %s must be \"agent\" or \"app\", not %r"
+                              % (where, name, cfg[name]))
     if cfg["policy"]["window"] is not None:
         cfg["policy"]["window"] = _parse_window(cfg["policy"]["window"])
     if cfg["watchdog_ms"] < 1000:
         raise ConfigError("%s: watchdog_ms %d is too short for a health check (min 1000)"
                           % (where, cfg["watchdog_ms"]))
+    if cfg["app_watchdog_ms"] is None:
+        cfg["app_watchdog_ms"] = cfg["watchdog_ms"] * 10
+    elif cfg["app_watchdog_ms"] < 1000:
+        raise ConfigError("%s: app_watchdog_ms %d is too short (min 1000)"
+                          % (where, cfg["app_watchdog_ms"]))
     if cfg["download"]["window"] < 4096 or cfg["download"]["window"] % 4096:
         raise ConfigError("%s: download.window must be a multiple of 4096" % where)
     return cfg

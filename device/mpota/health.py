@@ -1,13 +1,17 @@
 # After a reboot into a new image: keep it only if it proves healthy.
 #
 # boot.py:  mpota.boot()       arms the watchdog when the image is on
-#                              probation, notices a rollback and reports it
+#                              probation, notices a rollback and reports it,
+#                              feeds a confirmed update's watchdog again
+#                              after a soft reset (watchdog_after_confirm
+#                              "agent")
 # main.py:  mpota.probation()  runs the health checks, then confirms the
 #                              image or resets so the bootloader rolls back
 from mpota import state
 
 _PENDING_VERIFY = const(1)  # otadata.PENDING_VERIFY
 _POWER_ON = const(1)  # machine.PWRON_RESET: a power cut is no fault of the new image
+_SOFT_RESET = const(5)  # machine.SOFT_RESET: the watchdog, if armed, runs on
 _REASONS = {
     1: "power lost before the new firmware confirmed itself",
     2: "the new firmware reset or crashed before confirming itself",
@@ -37,8 +41,9 @@ def on_boot(agent):
     hw, st = agent.hw, agent.st
     running = agent.running_label()
     target = st.get("target") or {}
+    cause = hw.reset_cause()
     verdict, reason, reject = classify(hw.running_ota_state(), st.name, target.get("slot"),
-                                       running, hw.reset_cause(), st.get("probation_failure"))
+                                       running, cause, st.get("probation_failure"))
     if verdict == "probation":
         hw.watchdog(agent.cfg["watchdog_ms"])
         st.move("probation")
@@ -52,6 +57,10 @@ def on_boot(agent):
                 last_result={"state": "ROLLED_BACK", "reason": reason, "version_code": code})
         print("mpota: ROLLED_BACK from %s: %s" % (target.get("version", "?"), reason))
         agent.report("ROLLED_BACK", reason, code)
+    elif cause == _SOFT_RESET and st.get("wdt"):
+        # a soft reset stops the Timer that fed the watchdog a confirmed update
+        # armed, and the application's objects, not the watchdog: arm it again
+        after_confirm(agent)
     return st.name
 
 
@@ -84,8 +93,10 @@ def _checks(agent, target):
     failures = []
     if cfg["network"]:
         try:
-            if not hw.network_up(agent.cfg["wifi"], cfg["timeout_s"] * 1000):
-                failures.append("network is down")
+            # the agent brings Wi-Fi up if it manages it, else only looks at it
+            why = agent.online(cfg["timeout_s"] * 1000) or hw.network_up()
+            if why:
+                failures.append("network is down (%s)" % why)
         except Exception as e:  # the network stack itself failed: the check failed
             failures.append("network check raised %s: %s" % (e.__class__.__name__, e))
     hw.feed()
@@ -145,10 +156,23 @@ def confirmed(agent, target):
         installed[running] = {"version": target["version"],
                               "version_code": target["version_code"],
                               "security_counter": counter}
-    st.move("confirmed", installed=installed, written=0, probation_failure=None,
+    st.move("confirmed", installed=installed, written=0, probation_failure=None, wdt=True,
             last_result={"state": "CONFIRMED", "version_code": target.get("version_code"),
                          "reason": None})
     print("mpota: CONFIRMED %s in %s" % (target.get("version", "the running image"), running))
     agent.report("CONFIRMED", None, target.get("version_code"))
-    # The watchdog cannot be stopped: give the application a relaxed one.
-    hw.watchdog(agent.cfg["watchdog_ms"] * 10)
+    after_confirm(agent)
+
+
+def after_confirm(agent):
+    """The watchdog probation armed cannot be stopped: re-armed with
+    app_watchdog_ms, and fed by the agent from a machine.Timer
+    (watchdog_after_confirm "agent") or by the application ("app":
+    mpota.feed() or its own machine.WDT().feed()).  See docs/watchdog.md."""
+    cfg, hw = agent.cfg, agent.hw
+    ms = cfg["app_watchdog_ms"]
+    hw.watchdog(ms)
+    if cfg["watchdog_after_confirm"] == "agent":
+        # the Timer's callback runs on the VM: docs/watchdog.md says what a
+        # watchdog fed this way still catches
+        hw.keep_fed(ms // 4)

@@ -1,17 +1,16 @@
 # The one module that touches esp32, machine and network.  Everything else
 # receives a Hardware object, so tests can hand in another one.
 import gc
-import time
 
 import esp32
 import machine
-
-_GIVE_UP = (201, 202, 203)  # network.STAT_NO_AP_FOUND, _WRONG_PASSWORD, _ASSOC_FAIL
 
 
 class Hardware:
     def __init__(self):
         self._wdt = None
+        self._timer = None
+        self._found = None  # the station's active() before mpota.wifi brought it up
 
     # partitions
 
@@ -55,6 +54,17 @@ class Hardware:
         self._wdt = machine.WDT(0, timeout_ms)
         return self._wdt
 
+    def keep_fed(self, period_ms):
+        """Feed the watchdog every period_ms from machine.Timer(-1): a virtual
+        timer (esp_timer) where the port has them, else hardware timer 3
+        (1 on the C3; docs/watchdog.md)."""
+        if self._timer is None:
+            self._timer = machine.Timer(-1)
+        self._timer.init(period=period_ms, callback=self._tick)
+
+    def _tick(self, _):
+        self._wdt.feed()
+
     def feed(self):
         if self._wdt is not None:
             self._wdt.feed()
@@ -66,22 +76,15 @@ class Hardware:
     def nvs(self):
         return esp32.NVS("mpota")
 
-    def network_up(self, wifi=None, timeout_ms=10000):
+    def network_up(self, wifi=None, timeout_ms=15000):
+        """None when the Wi-Fi station is connected, else why not (one
+        line).  With wifi ({"ssid", "key"}) a station that is down is brought
+        up and waited for, the watchdog fed (mpota.wifi: the caller drops it;
+        mpota.wifi.restore puts the station back as it was found)."""
         import network
 
-        wlan = network.WLAN(network.STA_IF)
-        if wlan.isconnected():
-            return True
-        if not wifi:
-            return False
-        wlan.active(True)
-        wlan.connect(wifi["ssid"], wifi.get("key"))
-        start = time.ticks_ms()
-        while not wlan.isconnected():
-            elapsed = time.ticks_diff(time.ticks_ms(), start)
-            # no AP, wrong password, association failed: give up after a grace second
-            if elapsed > timeout_ms or (elapsed > 1000 and wlan.status() in _GIVE_UP):
-                return False
-            self.feed()
-            time.sleep_ms(100)
-        return True
+        if network.WLAN(network.STA_IF).isconnected():
+            return None
+        from mpota import wifi as w
+
+        return w.up(self, wifi, timeout_ms)

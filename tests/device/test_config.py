@@ -126,3 +126,49 @@ result([st.name, st.get("last_result")["reason"], st.get("written", 0)])
 def test_wifi_must_name_its_network(tmp_path: Path, cas) -> None:
     out = load(tmp_path, BASE | SERVER | {"wifi": {"key": "k"}}, cas[0].ca_der.read_bytes())
     assert out.startswith("ConfigError: ") and "wifi must be" in out, out
+
+
+def parsed(config: dict[str, Any]) -> Any:
+    """config.parse() on the unix port: the network and watchdog fields, or the ConfigError."""
+    (out,) = unix_results(f"""
+import json
+from mpota import config
+from mpota.errors import ConfigError
+try:
+    cfg = config.parse(json.loads({json.dumps(config)!r}))
+except ConfigError as e:
+    result("ConfigError: " + str(e))
+else:
+    result({{k: cfg[k] for k in ("wifi", "network", "watchdog_after_confirm",
+                                 "app_watchdog_ms")}})
+""")
+    return out
+
+
+def test_network_and_watchdog_defaults() -> None:
+    assert parsed(BASE | SERVER) == {"wifi": None, "network": "agent",
+                                     "watchdog_after_confirm": "agent",
+                                     "app_watchdog_ms": 300000}
+    out = parsed(BASE | SERVER | {"wifi": {"ssid": "home"}, "watchdog_ms": 2000,
+                                  "watchdog_after_confirm": "app"})
+    assert out["wifi"] == {"ssid": "home", "key": None, "timeout_s": 15, "keep": False}
+    assert out["watchdog_after_confirm"] == "app" and out["app_watchdog_ms"] == 20000
+    out = parsed(BASE | SERVER | {"network": "app", "app_watchdog_ms": 5000,
+                                  "wifi": {"ssid": "h", "key": "k", "timeout_s": 30,
+                                           "keep": True}})
+    assert out == {"wifi": {"ssid": "h", "key": "k", "timeout_s": 30, "keep": True},
+                   "network": "app", "watchdog_after_confirm": "agent",
+                   "app_watchdog_ms": 5000}
+
+
+@pytest.mark.parametrize(("config", "problem"), [
+    ({"network": "both"}, "network must be \"agent\" or \"app\", not 'both'"),
+    ({"watchdog_after_confirm": "nobody"}, "watchdog_after_confirm must be \"agent\" or \"app\""),
+    ({"app_watchdog_ms": 500}, "app_watchdog_ms 500 is too short (min 1000)"),
+    ({"wifi": {"ssid": "h", "timeout_s": 0}}, "wifi.timeout_s must be 1 to 300 seconds"),
+    ({"wifi": {"ssid": "h", "keep": "yes"}}, "wifi: 'keep' must be bool, got str"),
+    ({"wifi": {"ssid": "h", "password": "k"}}, "wifi: unknown field(s) password"),
+])
+def test_network_and_watchdog_mistakes_are_named(config: dict[str, Any], problem: str) -> None:
+    out = parsed(BASE | SERVER | config)
+    assert out.startswith("ConfigError: mpota.json") and problem in out, out

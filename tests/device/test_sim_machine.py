@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 from helpers import PRELUDE, results, run_device
@@ -163,21 +164,134 @@ def test_unfed_program_without_watchdog_is_left_running(booted: SimBoard) -> Non
     assert [r.ended for r in records] == ["still-running"]
 
 
-def test_network_link_follows_firmware(new_board) -> None:
-    code = (
-        PRELUDE
-        + """
-import network
+JOIN = """
+import network, time
 w = network.WLAN(network.STA_IF)
-w.active(True)
-w.connect("ssid", "key")
-result([w.isconnected(), w.status()])
+def join(ssid="ssid", key="key"):
+    w.active(True)
+    w.connect(ssid, key)
+    t = time.ticks_ms()  # a failure is known after one scan (300 ms in the sim)
+    while not w.isconnected() and time.ticks_diff(time.ticks_ms(), t) < 500:
+        time.sleep_ms(20)
+    return [w.isconnected(), w.status()]
 """
-    )
+
+
+def test_network_link_follows_firmware(new_board) -> None:
     for behaviour, expected in (("healthy", [True, 1010]), ("health-fail", [False, 201])):
         board = new_board("1.0.0", behaviour=behaviour)
         board.boot(max_boots=1)
-        assert results(run_device(board, code)) == [expected]
+        assert results(run_device(board, PRELUDE + JOIN + "result(join())\n")) == [expected]
+
+
+def test_station_joins_only_the_aps_in_the_air(booted: SimBoard) -> None:
+    (booted.sim_dir / "air.json").write_text(json.dumps({"aps": {"home": "secret",
+                                                                 "open": None}}))
+    out = device(booted, JOIN + """
+result([w.isconnected(), w.status(), w.active()])       # down after a reset
+result(join("elsewhere", "secret"))                   # no such AP
+result(join("home", "wrong"))                         # wrong key
+result(join("open", None))
+w.disconnect()
+result([w.isconnected(), w.status()])
+result(join("home", "secret"))
+result(network.WLAN(network.STA_IF).isconnected())  # one interface
+w.active(False)
+result([w.isconnected(), w.status()])
+""")
+    assert out == [[False, 1000, False], [False, 201], [False, 202], [True, 1010],
+                   [False, 1000], [True, 1010], True, [False, 1000]]
+
+
+def test_a_failure_reason_stays_until_a_join_succeeds(booted: SimBoard) -> None:
+    # as network_wlan.c: status() reports the last disconnect reason while the
+    # driver retries, even right after a new connect()
+    (booted.sim_dir / "air.json").write_text(json.dumps({"aps": {"home": "k"},
+                                                         "join_ms": 300}))
+    out = device(booted, JOIN + """
+result(join("nowhere"))
+w.connect("home", "k")
+result([w.isconnected(), w.status()])
+time.sleep_ms(400)
+result([w.isconnected(), w.status()])
+""")
+    assert out == [[False, 201], [False, 201], [True, 1010]]
+
+
+def test_station_is_kept_across_a_soft_reset_and_down_after_a_hard_one(booted: SimBoard) -> None:
+    booted.write_file("main.py", """
+import machine, network
+w = network.WLAN(network.STA_IF)
+print("cause", machine.reset_cause(), "connected", w.isconnected())
+if machine.reset_cause() == machine.PWRON_RESET:
+    w.active(True)
+    w.connect("ssid", "key")
+    machine.soft_reset()
+elif machine.reset_cause() == machine.SOFT_RESET:
+    machine.reset()
+""")
+    records = booted.boot(max_boots=4)
+    assert [r.ended for r in records] == ["soft-reset", "reset", "repl"]
+    assert "cause 1 connected False" in records[0].output
+    assert "cause 5 connected True" in records[1].output
+    assert "cause 2 connected False" in records[2].output
+
+
+def test_sockets_reach_nothing_while_the_station_is_down(booted: SimBoard) -> None:
+    out = device(booted, JOIN + """
+import socket
+listener = socket.socket()  # the board's own loopback works without Wi-Fi
+listener.bind(socket.getaddrinfo("127.0.0.1", 0)[0][-1])
+listener.listen(1)
+result(err(socket.getaddrinfo, "localhost", 443))
+s = socket.socket()
+result(err(s.connect, socket.getaddrinfo("127.0.0.1", 443)[0][-1]))
+s.close()
+join()
+result(socket.getaddrinfo("localhost", 443)[0][-1] is not None)
+""")
+    assert out == [[-202], [118, "EHOSTUNREACH"], True]
+
+
+def test_timer_callbacks_run_between_bytecodes_and_while_sleeping(booted: SimBoard) -> None:
+    out = device(booted, """
+import machine, time
+ticks = []
+t = machine.Timer(-1)
+t.init(period=50, callback=lambda tm: ticks.append(tm))
+time.sleep_ms(1000)                 # a long sleep: the scheduler runs meanwhile
+result([len(ticks) >= 10, ticks[0] is t])
+t.deinit()
+n = len(ticks)
+time.sleep(0.3)
+result(len(ticks) - n <= 1)         # stopped (one tick may have been queued)
+once = []
+machine.Timer(0, mode=machine.Timer.ONE_SHOT, period=30, callback=lambda tm: once.append(1))
+a = machine.Timer(1, period=20, callback=lambda tm: once.append(2))
+machine.Timer(1).init(period=1000, callback=lambda tm: None)  # the same hardware timer
+time.sleep_ms(300)
+result(once)
+result(err(machine.Timer, 7))
+""")
+    assert out == [[True, True], True, [1], ["ValueError",
+                                              "Timer(7) doesn't exist, there are only 4 "
+                                              "hardware timers"]]
+
+
+def test_a_timer_fed_watchdog_keeps_a_sleeping_program_alive(booted: SimBoard) -> None:
+    booted.write_file("main.py", """
+import machine, time
+wdt = machine.WDT(timeout=500)
+machine.Timer(-1, period=100, callback=lambda t: wdt.feed())
+time.sleep(3)
+print("slept through")
+machine.Timer(-1)  # a new virtual timer; the feeding one goes on
+while True:
+    time.sleep_ms(50)
+""")
+    records = booted.boot(max_boots=2, timeout=4.0)
+    assert [r.ended for r in records] == ["still-running"], records[0].output
+    assert "slept through" in records[0].output
 
 
 def test_device_code_gets_its_heap_budget_in_one_piece(booted: SimBoard) -> None:
