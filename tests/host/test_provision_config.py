@@ -102,7 +102,9 @@ def test_provision_refuses_an_installation_without_the_agent(
         capsys: pytest.CaptureFixture[str]) -> None:
     from mpota_host import resources
 
-    monkeypatch.setattr(resources, "_package_dir", lambda name: None)
+    found = resources._package_dir
+    monkeypatch.setattr(resources, "_package_dir",
+                        lambda name: None if name == "_device" else found(name))
     code, err = _provision_exit(tmp_path, pki, monkeypatch, capsys)
     assert code == 1
     assert err.startswith("mpota: error: the mpota device agent is not installed")
