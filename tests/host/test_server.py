@@ -553,6 +553,17 @@ def test_cli_serve_refuses_to_run_without_tls(env: Env) -> None:
     assert not (env.data / "mpota.db").exists()
 
 
+def _serving_line(proc: subprocess.Popen[str]) -> str:
+    """The server's "mpota: serving ..." line (after what it says about a new dev CA)."""
+    assert proc.stdout is not None
+    line = ""
+    for _ in range(20):
+        line = proc.stdout.readline()
+        if not line or line.startswith("mpota: serving"):
+            break
+    return line
+
+
 def test_cli_serve_dev(env: Env) -> None:
     env.release(2)
     token = env.device()
@@ -562,8 +573,7 @@ def test_cli_serve_dev(env: Env) -> None:
     watchdog = threading.Timer(30, proc.kill)  # a server that never prints must not hang pytest
     watchdog.start()
     try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
+        line = _serving_line(proc)
         found = re.fullmatch(r"mpota: serving 1 releases on https://127\.0\.0\.1:(\d+) "
                              r"\(devices pin CA: (.+)\)\n", line)
         assert found is not None, line + proc.stderr.read() if proc.stderr else line
@@ -753,8 +763,7 @@ def test_an_acknowledged_report_survives_a_killed_server(env: Env) -> None:
     watchdog = threading.Timer(30, proc.kill)
     watchdog.start()
     try:
-        assert proc.stdout is not None
-        found = re.search(r"127\.0\.0\.1:(\d+) ", proc.stdout.readline())
+        found = re.search(r"127\.0\.0\.1:(\d+) ", _serving_line(proc))
         assert found is not None
         handle = ServerHandle(f"https://localhost:{found.group(1)}", int(found.group(1)),
                               env.data / "tls" / "ca.der", env.data / "tls" / "ca.pem", env.data)
