@@ -8,15 +8,23 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import time
 from pathlib import Path
 
 import click
 
-from . import __version__, keys, release
+from . import __version__, keys, prompts, release
 from . import board as boards
-from .appimage import inspect_image
-from .errors import MpotaError, ReleaseError, printable
+from .appimage import ImageFacts, inspect_image
+from .errors import (
+    EXIT_INTERRUPTED,
+    MpotaError,
+    ReleaseError,
+    SimulatorError,
+    printable,
+)
 from .firmware import BEHAVIOURS, DEFAULT_SIZE, write_image
 from .flashing import DEFAULT_BAUD, flash_firmware
 from .server.commands import device_group, reports_cmd, serve_cmd
@@ -55,7 +63,10 @@ def cli() -> None:
 def partition_table_cmd(board_dir: str, out: Path) -> None:
     """Write BOARD_DIR's partition table as the binary ESP-IDF table."""
     board = boards.load(board_dir)
-    out.write_bytes(board.table_binary())
+    try:
+        out.write_bytes(board.table_binary())
+    except OSError as e:
+        raise MpotaError(f"cannot write {out}: {e.strerror}; choose a writable --out") from e
     click.echo(f"{out}: {len(board.partitions)} partitions for {board.name}, flash at 0x8000")
     for p in board.partitions:
         click.echo(f"  {p.label:<10} {p.type_name:<5} {p.subtype_name:<9} "
@@ -71,11 +82,7 @@ def partition_table_cmd(board_dir: str, out: Path) -> None:
               help="Encrypt the private key (passphrase asked for, or $MPOTA_KEY_PASSPHRASE).")
 def keygen_cmd(out: Path, kind: str, passphrase: bool) -> None:
     """Create a P-256 key pair (signing or encryption); never overwrites a key."""
-    secret = None
-    if passphrase:
-        text = os.environ.get(keys.PASSPHRASE_ENV) or click.prompt(
-            "Passphrase", hide_input=True, confirmation_prompt=True)
-        secret = text.encode()
+    secret = prompts.new_passphrase().encode() if passphrase else None
     pair = keys.generate(out, secret, name=kind)
     click.echo(f"private key: {pair.private} (keep it secret, mode 0600)")
     click.echo(f"public key:  {pair.public} "
@@ -102,17 +109,35 @@ def keygen_cmd(out: Path, kind: str, passphrase: bool) -> None:
 @click.option("--encrypt-for", "encrypt_for", multiple=True,
               type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Encrypt the image for this public key (encryption.pub.pem); repeatable.")
+@click.option("--force", is_flag=True,
+              help="Release despite a likely mistake (a --version the image's descriptor "
+                   "disagrees with, an --expires already past, a key of the wrong kind).")
 def release_cmd(firmware: Path, version: str, version_code: int, board_name: str,
                 key_path: Path, out: Path, security_counter: int, expires: str | None,
                 min_version_code: int | None, notes: str | None,
-                encrypt_for: tuple[Path, ...]) -> None:
-    """Check FIRMWARE with esptool and write a signed (optionally encrypted) release."""
-    key = keys.load_private(key_path)
+                encrypt_for: tuple[Path, ...], force: bool) -> None:
+    """Check FIRMWARE with esptool and write a signed (optionally encrypted) release.
+
+    Refuses likely mistakes unless --force: a --version that disagrees with the
+    image's app descriptor, an --expires already past, the encryption key as the
+    signing key (or the other way round). An encrypted key's passphrase is asked
+    for in a terminal ($MPOTA_KEY_PASSPHRASE otherwise).
+    """
+    key = keys.load_private(key_path, ask=prompts.ask_passphrase)
     when = release.parse_when(expires) if expires else None
-    recipients = [keys.load_public(p) for p in encrypt_for]
+    recipients = [(p, keys.load_public(p)) for p in encrypt_for]
+
+    def review(image: ImageFacts) -> None:
+        mistakes = release.likely_mistakes(image, version, when, (key_path, key), recipients)
+        if mistakes and not force:
+            raise ReleaseError("; ".join(mistakes) + " (or --force if this is intended)")
+        for mistake in mistakes:
+            click.echo(printable(f"mpota: warning: {mistake} (released anyway: --force)"),
+                       err=True)
+
     fields = release.make_release(firmware, out, board_name, version, version_code, key,
                                   security_counter, when, min_version_code, notes,
-                                  recipients or None)
+                                  [public for _, public in recipients] or None, review=review)
     click.echo(printable(f"{out}: release {fields['version']} (version_code "
                          f"{fields['version_code']}) for {fields['board']}, {fields['size']} "
                          f"bytes, signed by key {fields['key_id']}"))
@@ -131,7 +156,8 @@ def release_cmd(firmware: Path, version: str, version_code: int, board_name: str
 def verify_cmd(reldir: Path, pubkey: Path, board_name: str | None,
                decrypt_with: Path | None) -> None:
     """Check a release as a device would; exit 0 only when every check holds."""
-    private = keys.load_private(decrypt_with) if decrypt_with else None
+    private = keys.load_private(decrypt_with, ask=prompts.ask_passphrase) if decrypt_with \
+        else None
     report = release.verify_release(reldir, keys.load_public(pubkey), board_name=board_name,
                                     decrypt_with=private)
     for check in report.checks:
@@ -338,6 +364,56 @@ def sim_counters(flash: Path, clear: bool) -> None:
                    f"max erases of one sector {worst}")
 
 
+@sim.command("bootloader")
+@click.option("--flash", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              required=True)
+@click.option("--once", is_flag=True,
+              help="Stop after the first flashing (connect, write, reset) instead of Ctrl-C.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="With --once: give up after this many seconds without a flashing.")
+def sim_bootloader(flash: Path, once: bool, timeout: float | None) -> None:
+    """Hold the board in its ROM bootloader on a pseudo-terminal, for mpota flash.
+
+    Like holding BOOT while pressing RESET: esptool (mpota flash) talks to the
+    mock ESP32 ROM bootloader (esp32-mock-bootloader), which writes into the
+    board's own flash file. Stop it, then power the board on with
+    'mpota sim serial --flash FLASH' or 'mpota sim boot --flash FLASH'.
+    """
+    from .sim.bootloader import SimBootloader
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    board = SimBoard(flash)
+
+    def written(regions: list[tuple[int, int]]) -> None:
+        what = ", ".join(f"0x{offset:06x}+{size}" for offset, size in regions)
+        click.echo(f"flashed: {what} bytes written into {flash}")
+
+    with SimBootloader(board, on_session=written) as loader:
+        click.echo(f"board {board.identity['board']} in its ROM bootloader on {loader.port}: "
+                   f"mpota flash --port {loader.port} --board {board.identity['board']} "
+                   "FIRMWARE; " + ("stops after one flashing" if once else "Ctrl-C to stop"))
+        try:
+            if once:
+                limit = timeout if timeout is not None else 24 * 3600.0
+                if not loader.wait(1, limit) and loader.error is None:
+                    raise SimulatorError(
+                        f"nothing was flashed on {loader.port} in {limit:.0f} s; run mpota "
+                        "flash against that port while this command waits")
+            else:
+                while loader.error is None:
+                    time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
+        if loader.error is not None:
+            raise SimulatorError(f"the simulated bootloader stopped: {loader.error}")
+    click.echo(f"stopped; power the board on with: mpota sim serial --flash {flash}")
+
+
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 cli.add_command(serve_cmd)
 cli.add_command(device_group)
 cli.add_command(reports_cmd)
@@ -346,22 +422,50 @@ for _command in (status_cmd, provision_cmd, trigger_cmd, push_cmd):
 sim.add_command(sim_serial_cmd)
 
 
+def _usage_line(e: click.ClickException) -> str:
+    """A click error as one line: the command, the problem, where help is."""
+    message = " ".join(e.format_message().split())
+    ctx = getattr(e, "ctx", None)
+    if ctx is None:
+        return f"mpota: error: {message}"
+    return f"{ctx.command_path}: error: {message} (see '{ctx.command_path} --help')"
+
+
 def main() -> None:
-    """Entry point of the ``mpota`` console script."""
+    """Entry point of the ``mpota`` console script.
+
+    Every way a command ends maps to one exit code (errors.py): 0 success, 1
+    refused or failed, 2 usage, 3 board unreachable, 130 interrupted; a failure
+    is one line on stderr, never a traceback (MPOTA_DEBUG=1 shows one for an
+    unexpected error).
+    """
     try:
-        cli.main(standalone_mode=False)
+        code = cli.main(standalone_mode=False)
     except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(130)
+        click.echo("mpota: aborted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
     except click.ClickException as e:
-        e.show()
+        click.echo(printable(_usage_line(e)), err=True)
         sys.exit(e.exit_code)
     except MpotaError as e:
-        click.echo(f"mpota: error: {printable(e)}", err=True)
+        click.echo(f"mpota: error: {printable(' '.join(str(e).split()))}", err=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
-        sys.exit(130)
+        click.echo("mpota: interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except OSError as e:
+        if os.environ.get("MPOTA_DEBUG"):
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        click.echo(printable(f"mpota: error: {where}{e.strerror or e}"), err=True)
+        sys.exit(1)
+    except Exception as e:  # a bug: still one line, and how to see more
+        if os.environ.get("MPOTA_DEBUG"):
+            raise
+        click.echo(printable(f"mpota: internal error: {type(e).__name__}: {e}; run again "
+                             "with MPOTA_DEBUG=1 for the traceback and report it"), err=True)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

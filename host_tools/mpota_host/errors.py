@@ -1,7 +1,13 @@
 """The host side's error tree: one base, one subclass per failure a user must tell apart.
 
 Every message says what failed, the value seen, and what to do next. The CLI's
-single ``main()`` turns these into a message on stderr and an exit code.
+single ``main()`` turns these into one line on stderr and the error's ``exit_code``:
+
+* 0: success, and only success;
+* 1 (``EXIT_FAILED``): refused or failed (a bad file, a wrong key, a check that failed);
+* 2 (``EXIT_USAGE``): the command line itself is wrong (a missing or malformed option);
+* 3 (``EXIT_UNREACHABLE``): the board did not answer (port absent, busy or silent);
+* 130 (``EXIT_INTERRUPTED``): interrupted (Ctrl-C); the message says where things stand.
 """
 
 from __future__ import annotations
@@ -25,16 +31,35 @@ def printable(value: object) -> str:
                    if unicodedata.category(ch) in _UNSAFE else ch for ch in text)
 
 
-class MpotaError(Exception):
-    """Base of every error the host tools raise on purpose."""
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+EXIT_INTERRUPTED = 130
 
-    exit_code = 1
+
+class MpotaError(Exception):
+    """Base of every error the host tools raise on purpose; ``exit_code`` is the
+    command's exit status when it ends with this error."""
+
+    exit_code = EXIT_FAILED
 
 
 class UsageError(MpotaError):
     """The user asked for something that cannot work as asked."""
 
-    exit_code = 2
+    exit_code = EXIT_USAGE
+
+
+class UnreachableError(MpotaError):
+    """The board did not answer: its port is absent or busy, or nothing answers on it."""
+
+    exit_code = EXIT_UNREACHABLE
+
+
+class Interrupted(MpotaError):
+    """Ctrl-C: the message says what state things were left in and how to resume."""
+
+    exit_code = EXIT_INTERRUPTED
 
 
 class BoardError(MpotaError):
@@ -71,3 +96,11 @@ class DeviceError(MpotaError):
 
 class FlashError(MpotaError):
     """Flashing over USB failed: no port or bootloader, the wrong chip, too little flash."""
+
+
+class BootloaderUnreachableError(FlashError, UnreachableError):
+    """No ESP32 ROM bootloader answered on the port (exit code 3)."""
+
+
+class FlashInterrupted(FlashError, Interrupted):
+    """Ctrl-C while flashing (exit code 130)."""

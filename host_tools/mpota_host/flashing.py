@@ -24,6 +24,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
+import stat
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -39,13 +42,23 @@ from esptool.cmds import (
 )
 from esptool.loader import ESPLoader
 from esptool.util import FatalError, NotImplementedInROMError, flash_size_bytes
+from rich.console import Console
 from serial import SerialException
 
 from . import board as boards
 from .appimage import CHIP_NAMES, check_app_image, full_flash_offset
-from .errors import BoardError, FirmwareError, FlashError, MpotaError, PartitionTableError
+from .errors import (
+    BoardError,
+    BootloaderUnreachableError,
+    FirmwareError,
+    FlashError,
+    FlashInterrupted,
+    MpotaError,
+    PartitionTableError,
+)
 from .firmware import APP_DESC, APP_DESC_MAGIC, IMAGE_MAGIC
 from .partition_table import DATA_SUBTYPES, MAX_LENGTH, TABLE_OFFSET, Partition, from_binary
+from .progress import esptool_progress
 
 DEFAULT_BAUD = 460800
 
@@ -131,17 +144,23 @@ def flash_firmware(
     *,
     before: str = "default-reset",
     after: str = "hard-reset",
+    out: Console | None = None,
+    progress: bool | None = None,
 ) -> FlashReport:
     """Check ``firmware`` against ``board``, then write it to the board on ``port``.
 
     Everything :func:`plan_flash` checks is checked before the port is opened.
-    esptool prints its own progress. The port is closed when this returns or raises.
+    esptool's lines go to ``out`` (stdout by default) and its write progress is a
+    bar with bytes, rate and time left, drawn only on a terminal unless
+    ``progress`` says otherwise. The port is closed when this returns or raises.
 
     Args:
         port: Serial port (``/dev/ttyUSB0``, ``COM3``) or a pyserial URL (``socket://``).
         board: Board name under boards/ or a board directory.
         firmware: Full-flash image of an OTA build, or an app-only image.
         baud: Baud rate for writing; the bootloader is first reached at 115200.
+        out: Where esptool's lines and the bar go.
+        progress: Draw the bar (None: only when ``out`` is a terminal).
         before: esptool's reset before connecting (``default-reset``, ``no-reset``...).
         after: esptool's reset afterwards (``hard-reset`` boots the new firmware).
 
@@ -150,8 +169,10 @@ def flash_firmware(
 
     Raises:
         FirmwareError, BoardError: As :func:`plan_flash`; nothing was written.
-        FlashError: No bootloader answered, the chip or flash size does not
-            match the board, or esptool failed while writing.
+        BootloaderUnreachableError: No bootloader answered on the port (exit code 3).
+        FlashError: The chip or flash size does not match the board, or esptool
+            failed while writing.
+        FlashInterrupted: Ctrl-C; the message says whether anything was written.
     """
     layout = boards.load(board)
     regions = plan_flash(layout, firmware)
@@ -163,8 +184,23 @@ def flash_firmware(
             f"bootloader of a MicroPython build (all enable it): if unsure, flash "
             f"{layout.full_file} once with esptool at 0x{layout.bootloader_offset:x}."
         )
-    with _connect(port, min(ESPLoader.ESP_ROM_BAUD, baud), before) as rom:
-        return _write(rom, layout, regions, port, baud, after, notes)
+    if before == "default-reset" and is_pseudo_terminal(port):
+        before = after = "no-reset"
+        notes.append(
+            f"{port} is a pseudo-terminal, without the DTR/RTS lines that reset a board into "
+            "its bootloader: the board was already in it (as 'mpota sim bootloader' holds the "
+            "simulated board) and starts the new firmware at its next reset"
+        )
+    labels = [f"0x{r.offset:06x} {r.what}" for r in regions]
+    with esptool_progress(out, progress, labels):
+        try:
+            rom = _connect(port, min(ESPLoader.ESP_ROM_BAUD, baud), before)
+        except KeyboardInterrupt:
+            raise FlashInterrupted(
+                f"flashing on {port} interrupted while connecting; nothing was written"
+            ) from None
+        with rom:
+            return _write(rom, layout, regions, port, baud, after, notes)
 
 
 def _write(
@@ -202,6 +238,8 @@ def _write(
         reset_chip(esp, after)
     except (FatalError, SerialException, OSError) as e:
         raise FlashError(f"flashing on {port} failed {stage}: {_one_line(e)}") from e
+    except KeyboardInterrupt:
+        raise FlashInterrupted(f"flashing on {port} interrupted {stage}") from None
     return FlashReport(
         port=port,
         board=layout.name,
@@ -387,11 +425,24 @@ def _connect(port: str, baud: int, before: str) -> ESPLoader:
         return connect_esp(port=port, chip="auto", initial_baud=baud, before=before)
     except (FatalError, SerialException, OSError) as e:
         reason = _one_line(e).split(" Hint:")[0].rstrip(".")  # our own hint follows
-        raise FlashError(
+        raise BootloaderUnreachableError(
             f"no ESP32 bootloader answered on {port}: {reason}. Check the port "
             "(ls /dev/ttyUSB* /dev/ttyACM*), that no other program holds it, and if the board "
             "does not enter its bootloader by itself, hold BOOT while pressing RESET"
         ) from e
+
+
+def is_pseudo_terminal(port: str) -> bool:
+    """Whether ``port`` is a pty (no modem lines: esptool cannot reset through it)."""
+    try:
+        info = os.stat(port)
+    except (OSError, ValueError):
+        return False  # a pyserial URL, or no such port: esptool says what is wrong
+    if not stat.S_ISCHR(info.st_mode):
+        return False
+    real = os.path.realpath(port)
+    return (real.startswith(("/dev/pts/", "/dev/ttys"))
+            or (sys.platform.startswith("linux") and 136 <= os.major(info.st_rdev) <= 143))
 
 
 def _check_flash_size(esp: ESPLoader, layout: boards.Board, port: str) -> str | None:

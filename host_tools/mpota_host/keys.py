@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,7 +66,12 @@ def generate(out_dir: Path, passphrase: bytes | None = None, name: str = "signin
                 f"{path} already exists; mpota never overwrites a key. Choose another --out "
                 "or move the old key away first."
             )
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise KeyFileError(
+            f"cannot create key directory {out_dir}: {e.strerror}; choose a writable --out"
+        ) from e
     key = ec.generate_private_key(ec.SECP256R1())
     encryption: serialization.KeySerializationEncryption = (
         serialization.BestAvailableEncryption(passphrase)
@@ -78,38 +84,78 @@ def generate(out_dir: Path, passphrase: bytes | None = None, name: str = "signin
     public_pem = key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    _write_new(private_path, pem, 0o600)
     try:
-        _write_new(public_path, public_pem, 0o644)
-    except BaseException:
-        private_path.unlink()
-        raise
+        _write_new(private_path, pem, 0o600)
+        try:
+            _write_new(public_path, public_pem, 0o644)
+        except BaseException:
+            private_path.unlink()
+            raise
+    except FileExistsError as e:
+        raise KeyFileError(
+            f"{e.filename2 or e.filename} appeared while the key was made; mpota never "
+            "overwrites a key"
+        ) from e
+    except OSError as e:
+        raise KeyFileError(
+            f"cannot write keys into {out_dir}: {e.strerror}; choose a writable --out"
+        ) from e
     return KeyPair(private_path, public_path, key_id(key.public_key()))
 
 
-def load_private(path: Path, passphrase: bytes | None = None) -> ec.EllipticCurvePrivateKey:
-    """Load a P-256 private key; the passphrase defaults to $MPOTA_KEY_PASSPHRASE."""
+def is_encrypted(data: bytes) -> bool:
+    """Whether a PEM private key is protected by a passphrase."""
+    return any(line.startswith((b"-----BEGIN ENCRYPTED", b"Proc-Type: 4,ENCRYPTED"))
+               for line in data.splitlines())
+
+
+def load_private(
+    path: Path,
+    passphrase: bytes | None = None,
+    ask: Callable[[Path], str | None] | None = None,
+) -> ec.EllipticCurvePrivateKey:
+    """Load a P-256 private key.
+
+    The passphrase of an encrypted key is, in this order: ``passphrase``,
+    $MPOTA_KEY_PASSPHRASE, then ``ask(path)`` (the CLI prompts in a terminal;
+    ``ask`` returns None when it cannot ask).
+    """
     try:
         data = path.read_bytes()
     except OSError as e:
-        raise KeyFileError(f"cannot read signing key {path}: {e.strerror}") from e
+        raise KeyFileError(f"cannot read key {path}: {e.strerror}") from e
+    if b"PUBLIC KEY" in data and b"PRIVATE KEY" not in data:
+        raise KeyFileError(
+            f"{path} is a public key; give the private key (the .pem beside it, without .pub)"
+        )
     if passphrase is None and os.environ.get(PASSPHRASE_ENV):
         passphrase = os.environ[PASSPHRASE_ENV].encode()
+    if passphrase is None and ask is not None and is_encrypted(data):
+        text = ask(path)
+        if text is not None:
+            passphrase = text.encode()
     try:
         key = serialization.load_pem_private_key(data, passphrase)
     except TypeError as e:
         if passphrase is None:
             raise KeyFileError(
-                f"{path} is encrypted: give its passphrase in ${PASSPHRASE_ENV}"
+                f"{path} is encrypted: run in a terminal to be asked for its passphrase, "
+                f"or set ${PASSPHRASE_ENV}"
             ) from e
-        raise KeyFileError(f"{path} is not encrypted, but a passphrase was given") from e
+        raise KeyFileError(
+            f"{path} is not encrypted, but a passphrase was given: unset ${PASSPHRASE_ENV}"
+        ) from e
     except (ValueError, UnsupportedAlgorithm) as e:
         raise KeyFileError(
-            f"cannot load {path}: wrong passphrase or not a PEM private key ({e})"
+            f"cannot load {path}: wrong passphrase or not a PEM private key ({_one_line(e)})"
         ) from e
     if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
         raise KeyFileError(f"{path} is not an ECDSA P-256 key; create one with 'mpota keygen'")
     return key
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
 
 
 def load_public(path: Path) -> ec.EllipticCurvePublicKey:
@@ -118,12 +164,12 @@ def load_public(path: Path) -> ec.EllipticCurvePublicKey:
         data = path.read_bytes()
     except OSError as e:
         raise KeyFileError(f"cannot read public key {path}: {e.strerror}") from e
+    if b"PRIVATE KEY" in data:
+        return load_private(path).public_key()
     try:
-        if b"PRIVATE KEY" in data:
-            return load_private(path).public_key()
         key = serialization.load_pem_public_key(data)
     except (ValueError, UnsupportedAlgorithm) as e:
-        raise KeyFileError(f"{path} is not a PEM public key ({e})") from e
+        raise KeyFileError(f"{path} is not a PEM public key ({_one_line(e)})") from e
     if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
         raise KeyFileError(f"{path} is not an ECDSA P-256 public key")
     return key

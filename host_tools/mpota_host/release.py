@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -216,22 +217,33 @@ def make_release(
     min_version_code: int | None = None,
     notes: str | None = None,
     encrypt_for: list[ec.EllipticCurvePublicKey] | None = None,
+    review: Callable[[ImageFacts], None] | None = None,
 ) -> dict[str, Any]:
     """Pre-flight FIRMWARE for BOARD, then write a signed release directory OUT.
 
     With ``encrypt_for`` the payload is the AES-256-CBC ciphertext of the image
-    and the content key is wrapped for each of those public keys."""
+    and the content key is wrapped for each of those public keys. ``review`` is
+    called with the checked image before anything is written (the CLI refuses
+    likely mistakes there: see :func:`likely_mistakes`)."""
     if out.exists():
         raise ReleaseError(f"{out} already exists; releases are never overwritten")
     board = boards.load(board_name)
     image = check_app_image(firmware, board.chip_id, board.slot_size)
+    if review is not None:
+        review(image)
     _, sha256 = sha256_file(firmware)
     fields = build_manifest(
         image, sha256, board, version, version_code, keys.key_id(signing_key.public_key()),
         security_counter, expires, min_version_code, notes,
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as e:
+        raise ReleaseError(
+            f"cannot create the release {out}: {e.strerror} ({e.filename}); choose a writable "
+            "--out"
+        ) from e
     try:
         if encrypt_for:
             params, payload_size, payload_sha = encryption.encrypt_file(
@@ -249,6 +261,83 @@ def make_release(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return fields
+
+
+def _bare_version(text: str) -> str:
+    text = text.strip()
+    return text[1:] if text[:1] in ("v", "V") and text[1:2].isdigit() else text
+
+
+def _kind_by_name(path: Path) -> str | None:
+    """'signing' or 'encryption' when the file is named as mpota keygen names them."""
+    name = path.name.lower()
+    for kind in ("signing", "encryption"):
+        if name.startswith(kind):
+            return kind
+    return None
+
+
+def _kind_by_sibling(path: Path, key_id: str) -> str | None:
+    """'signing' or 'encryption' when a public key of that name beside ``path`` is the
+    same key (mpota keygen writes NAME.pem and NAME.pub.pem side by side)."""
+    for kind in ("signing", "encryption"):
+        sibling = path.parent / f"{kind}.pub.pem"
+        if sibling == path or not sibling.is_file():
+            continue
+        try:
+            if keys.key_id(keys.load_public(sibling)) == key_id:
+                return kind
+        except MpotaError:
+            continue  # an unreadable neighbour says nothing about this key
+    return None
+
+
+def likely_mistakes(
+    image: ImageFacts,
+    version: str,
+    expires: dt.datetime | None,
+    signing: tuple[Path, ec.EllipticCurvePrivateKey],
+    recipients: list[tuple[Path, ec.EllipticCurvePublicKey]],
+    now: dt.datetime | None = None,
+) -> list[str]:
+    """What in a release command is most likely a mistake, one sentence each (empty
+    when nothing is): a --version that disagrees with the image's app descriptor, an
+    expiry already past, the encryption key given as the signing key or the other way
+    round. ``mpota release`` refuses these unless --force."""
+    problems = []
+    described = image.version.strip()
+    if described and _bare_version(described) != _bare_version(version):
+        problems.append(
+            f"--version {version} disagrees with the image, whose app descriptor says "
+            f"{described}: give --version {_bare_version(described)}"
+        )
+    now = now or dt.datetime.now(dt.timezone.utc)
+    if expires is not None and expires <= now:
+        problems.append(
+            f"--expires {stamp(expires)} is already past (now {stamp(now)}): devices would "
+            "refuse the release; give a later date or a duration such as 90d"
+        )
+    key_path, key = signing
+    signing_id = keys.key_id(key.public_key())
+    if (_kind_by_name(key_path) == "encryption"
+            or _kind_by_sibling(key_path, signing_id) == "encryption"):
+        problems.append(
+            f"--key {key_path} is an encryption key (key id {signing_id}): sign with the "
+            "signing key (signing.pem) and give encryption keys' .pub.pem to --encrypt-for"
+        )
+    for path, public in recipients:
+        rid = keys.key_id(public)
+        if rid == signing_id:
+            problems.append(
+                f"--encrypt-for {path} is the signing key itself (key id {rid}): encrypt for "
+                "the fleet's encryption key (mpota keygen --kind encryption)"
+            )
+        elif _kind_by_name(path) == "signing" or _kind_by_sibling(path, rid) == "signing":
+            problems.append(
+                f"--encrypt-for {path} is a signing key (key id {rid}): encrypt for the "
+                "fleet's encryption.pub.pem (mpota keygen --kind encryption)"
+            )
+    return problems
 
 
 def schema_problems(fields: Any) -> list[str]:

@@ -90,7 +90,7 @@ def test_verify_decrypt_with_on_a_plain_release(tmp_path: Path,
                                                 firmware: Callable[..., Path]) -> None:
     mpota("keygen", "--out", "keys", cwd=tmp_path)
     mpota("keygen", "--kind", "encryption", "--out", "keys", cwd=tmp_path)
-    mpota("release", str(firmware("2.0.0")), "--version", "2", "--version-code", "2",
+    mpota("release", str(firmware("2.0.0")), "--version", "2.0.0", "--version-code", "2",
           "--board", "esp32-generic-4mb", "--key", "keys/signing.pem", "--out", "rel",
           cwd=tmp_path)
     proc = mpota("verify", "rel", "--pubkey", "keys/signing.pub.pem", "--decrypt-with",

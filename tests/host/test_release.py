@@ -60,7 +60,7 @@ def test_passphrase_protected_key(tmp_path: Path, firmware: Callable[..., Path])
     env = {keys.PASSPHRASE_ENV: "correct horse"}
     mpota("keygen", "--out", "k", "--passphrase", cwd=tmp_path, env=env)
     assert b"ENCRYPTED" in (tmp_path / "k" / "signing.pem").read_bytes()
-    args = ["release", str(firmware("2.0.0")), "--version", "2", "--version-code", "2",
+    args = ["release", str(firmware("2.0.0")), "--version", "2.0.0", "--version-code", "2",
             "--board", "esp32-generic-4mb", "--key", "k/signing.pem", "--out", "r"]
     locked = mpota(*args, cwd=tmp_path, env={keys.PASSPHRASE_ENV: ""}, check=False)
     assert locked.returncode == 1 and "is encrypted" in locked.stderr
@@ -198,7 +198,7 @@ def test_release_is_atomic_and_never_overwrites(signed: Path, firmware: Callable
 
 
 def test_release_argument_errors(signed: Path, firmware: Callable[..., Path]) -> None:
-    base = ["release", str(firmware("2.0.0")), "--version", "2", "--board",
+    base = ["release", str(firmware("2.0.0")), "--version", "2.0.0", "--board",
             "esp32-generic-4mb", "--key", "keys/signing.pem", "--out", "r2"]
     proc = mpota(*base, "--version-code", "-1", cwd=signed, check=False)
     assert proc.returncode == 2 and "--version-code" in proc.stderr
@@ -208,7 +208,7 @@ def test_release_argument_errors(signed: Path, firmware: Callable[..., Path]) ->
     assert proc.returncode == 1 and "'notes' must be 1-1024 characters" in proc.stderr
     proc = mpota(*[a if a != "keys/signing.pem" else "keys/signing.pub.pem" for a in base],
                  "--version-code", "3", cwd=signed, check=False)
-    assert proc.returncode == 1 and "not a PEM private key" in proc.stderr
+    assert proc.returncode == 1 and "is a public key; give the private key" in proc.stderr
 
 
 def test_library_errors_are_typed(tmp_path: Path) -> None:
@@ -274,3 +274,122 @@ def test_inspect_and_verify_escape_what_the_manifest_says(signed: Path) -> None:
     assert "\x1b" not in shown and "\\x1b[2J\\x1b]0;owned\\x07" in shown
     proc = mpota("verify", "rel", "--pubkey", "keys/signing.pub.pem", cwd=signed, check=False)
     assert "\x1b" not in proc.stdout + proc.stderr and "\\x1b[31mevil" in proc.stdout
+
+
+# likely mistakes: refused in one line, released with --force and a warning
+
+
+@pytest.fixture
+def two_keys(tmp_path: Path) -> Path:
+    mpota("keygen", "--out", "keys", cwd=tmp_path)
+    mpota("keygen", "--kind", "encryption", "--out", "keys", cwd=tmp_path)
+    return tmp_path
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"--version": "7.7.7"},
+     "--version 7.7.7 disagrees with the image, whose app descriptor says 2.0.0: give --version "
+     "2.0.0"),
+    ({"--expires": "2020-01-01"}, "--expires 2020-01-01T00:00:00Z is already past"),
+    ({"--key": "keys/encryption.pem"}, "--key keys/encryption.pem is an encryption key"),
+    ({"--encrypt-for": "keys/signing.pub.pem"},
+     "--encrypt-for keys/signing.pub.pem is the signing key itself"),
+], ids=["version", "expired", "encryption-key-signs", "signing-key-encrypts"])
+def test_release_refuses_likely_mistakes_unless_forced(
+    two_keys: Path, firmware: Callable[..., Path], change: dict[str, str], words: str
+) -> None:
+    options = {"--version": "2.0.0", "--version-code": "2", "--board": "esp32-generic-4mb",
+               "--key": "keys/signing.pem", "--out": "rel"} | change
+    args = ["release", str(firmware("2.0.0"))] + [x for kv in options.items() for x in kv]
+    refused = mpota(*args, cwd=two_keys, check=False)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert words in refused.stderr and "(or --force if this is intended)" in refused.stderr
+    assert refused.stderr.count("\n") == 1 and "Traceback" not in refused.stderr
+    assert not (two_keys / "rel").exists()
+
+    forced = mpota(*args, "--force", cwd=two_keys)
+    assert forced.stderr.count("\n") == 1
+    assert forced.stderr.startswith("mpota: warning: ") and words in forced.stderr
+    assert "(released anyway: --force)" in forced.stderr
+    assert (two_keys / "rel" / "manifest.sig").exists()
+
+
+def test_a_renamed_encryption_key_is_still_known_by_its_public_key(
+    two_keys: Path, firmware: Callable[..., Path]
+) -> None:
+    # keygen wrote encryption.pub.pem beside it: the same key, whatever the file name
+    (two_keys / "keys" / "encryption.pem").rename(two_keys / "keys" / "fleet.pem")
+    proc = mpota("release", str(firmware("2.0.0")), "--version", "v2.0.0", "--version-code",
+                 "2", "--board", "esp32-generic-4mb", "--key", "keys/fleet.pem", "--out", "rel",
+                 cwd=two_keys, check=False)
+    assert proc.returncode == 1 and "--key keys/fleet.pem is an encryption key" in proc.stderr
+    assert "--version" not in proc.stderr  # v2.0.0 is the descriptor's 2.0.0
+
+
+def test_likely_mistakes_in_the_library(firmware: Callable[..., Path]) -> None:
+    from mpota_host.appimage import inspect_image
+
+    image = inspect_image(firmware("2.0.0"))
+    key = ec.generate_private_key(ec.SECP256R1())
+    signing = (Path("k/signing.pem"), key)
+    assert release.likely_mistakes(image, "2.0.0", None, signing, []) == []
+    assert release.likely_mistakes(image, "v2.0.0", release.parse_when("1d"), signing, []) == []
+    found = release.likely_mistakes(image, "2.0.1", release.parse_when("2001-01-01"), signing,
+                                    [(Path("k/x.pub.pem"), key.public_key())])
+    assert [p.split(" ")[0] for p in found] == ["--version", "--expires", "--encrypt-for"]
+
+
+def test_keygen_passphrase_without_a_terminal_is_a_usage_error(tmp_path: Path) -> None:
+    proc = subprocess.run([tool("mpota"), "keygen", "--out", "k", "--passphrase"],
+                          capture_output=True, text=True, cwd=tmp_path, stdin=subprocess.DEVNULL,
+                          env={k: v for k, v in os.environ.items() if k != keys.PASSPHRASE_ENV})
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Warning" not in proc.stderr
+    assert "needs a terminal to ask for the passphrase, or $MPOTA_KEY_PASSPHRASE" in proc.stderr
+    assert not (tmp_path / "k" / "signing.pem").exists()
+
+
+def in_a_terminal(args: list[str], cwd: Path, answers: list[str]) -> tuple[int, str]:
+    """Run mpota with a pty as its controlling terminal; type each answer after a prompt."""
+    import pty
+    import select
+
+    env = {k: v for k, v in os.environ.items() if k != keys.PASSPHRASE_ENV}
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the pty is its terminal
+        os.chdir(cwd)
+        os.execve(tool("mpota"), [tool("mpota"), *args], env)
+    seen = b""
+    pending = list(answers)
+    while True:
+        ready, _, _ = select.select([fd], [], [], 60)
+        assert ready, f"mpota is silent; so far: {seen!r}"
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break  # the child closed the terminal
+        if not chunk:
+            break
+        seen += chunk
+        # click writes "Prompt:", then getpass turns echo off and writes " "
+        if pending and seen.endswith(b": "):
+            os.write(fd, pending.pop(0).encode() + b"\n")
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), seen.decode(errors="replace")
+
+
+def test_passphrases_are_asked_in_a_terminal(tmp_path: Path,
+                                             firmware: Callable[..., Path]) -> None:
+    code, shown = in_a_terminal(["keygen", "--out", "k", "--passphrase"], tmp_path,
+                                ["open sesame", "open sesame"])
+    assert code == 0, shown
+    assert "open sesame" not in shown  # not echoed
+    assert b"ENCRYPTED" in (tmp_path / "k" / "signing.pem").read_bytes()
+    args = ["release", str(firmware("2.0.0")), "--version", "2.0.0", "--version-code", "2",
+            "--board", "esp32-generic-4mb", "--key", "k/signing.pem", "--out", "r"]
+    code, shown = in_a_terminal(args, tmp_path, ["wrong"])
+    assert code == 1 and "wrong passphrase" in shown and not (tmp_path / "r").exists()
+    code, shown = in_a_terminal(args, tmp_path, ["open sesame"])
+    assert code == 0, shown
+    assert "Passphrase for k/signing.pem" in shown and "open sesame" not in shown
+    assert (tmp_path / "r" / "manifest.sig").exists()
