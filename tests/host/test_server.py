@@ -493,6 +493,8 @@ def test_device_registry(env: Env) -> None:
         add_device(env.data, "dev-1")
     with pytest.raises(DeviceError, match="not 1-64 characters"):
         add_device(env.data, "../evil")
+    with pytest.raises(DeviceError, match=r"unknown board 'esp32-foo'; known: .*esp32-s3-"):
+        add_device(env.data, "dev-9", board="esp32-foo")
     handle = env.serve()
     new = add_device(env.data, "dev-1", replace=True)
     assert request(handle, "GET", f"/v1/update?board={BOARD}&version_code=0",

@@ -34,7 +34,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import DeviceError, ServerError
+from .. import board as boards
+from ..errors import BoardError, DeviceError, ServerError
 from ..release import stamp
 
 DB_NAME = "mpota.db"
@@ -319,6 +320,11 @@ def _check_device(device_id: str, board: str | None, tags: tuple[str, ...]) -> N
     if board is not None and not BOARD_NAME.fullmatch(board):
         raise DeviceError(f"board {board!r} is not 1-32 characters of A-Z a-z 0-9 _ . -: "
                           "give the board name releases are built for (e.g. esp32-generic-4mb)")
+    if board is not None:
+        try:
+            boards.require(board)
+        except BoardError as e:
+            raise DeviceError(f"--board: {e}") from None
     for tag in tags:
         if not TAG.fullmatch(tag):
             raise DeviceError(f"tag {tag!r} is not 1-64 characters of A-Z a-z 0-9 _ . : = -")
