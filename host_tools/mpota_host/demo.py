@@ -9,13 +9,16 @@ summary table and exits non-zero if the board did anything else.
 
 from __future__ import annotations
 
+import re
 import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import keys, provision, release
+from rich.progress import TaskID
+
+from . import keys, progress, provision, release
 from .firmware import write_image
 from .server.app import ServerHandle, start_server
 from .server.store import add_device, reports
@@ -42,10 +45,31 @@ def _say(text: str = "") -> None:
     print(text, flush=True)
 
 
-def _boot(board: SimBoard, max_boots: int) -> list[BootRecord]:
-    return board.boot(max_boots=max_boots, timeout=60, heapsize="64K", frozen=AGENT_MODULES,
-                      echo=lambda line: _say("      | " + line),
-                      on_boot=lambda record: _say("    " + record.line()))
+_DOWNLOADED = re.compile(r"mpota: downloaded (\d+)%")
+
+
+def _boot(board: SimBoard, max_boots: int, download: int | None = None) -> list[BootRecord]:
+    """Boot and show the board's console; on a terminal the download (``download``
+    bytes) is a bar driven by the progress the board reports."""
+    out = progress.console()
+    bar = progress.byte_bar(out)
+    task: list[TaskID] = []
+
+    def say(text: str) -> None:
+        out.print(text, markup=False, highlight=False)
+
+    def echo(line: str) -> None:
+        seen = _DOWNLOADED.match(line)
+        if seen and download:
+            if not task:
+                task.append(bar.add_task("    download", total=download))
+            bar.update(task[0], completed=download * int(seen[1]) // 100)
+        say("      | " + line)
+
+    with bar:
+        return board.boot(max_boots=max_boots, timeout=60, heapsize="64K",
+                          frozen=AGENT_MODULES, echo=echo,
+                          on_boot=lambda record: say("    " + record.line()))
 
 
 def _settled(board: SimBoard, records: list[BootRecord]) -> str:
@@ -115,14 +139,14 @@ def run(work: Path = WORK) -> tuple[list[Step], list[dict[str, Any]]]:
                           "ciphertext, decrypts to the signed hash",
                           ("plaintext" if plain else "ciphertext")
                           + (", decrypts to the signed hash" if check.ok else ", BROKEN")))
-        records = _boot(board, 3)
+        records = _boot(board, 3, download=_payload_size(releases / "v2"))
         steps.append(Step("v2 installed, passes probation, confirmed",
                           "ota_1 v2.0.0, otadata VALID/VALID", _settled(board, records)))
 
         _say("\n== 4. Release v3, whose Wi-Fi never comes up")
         release.make_release(images["3.0.0"], releases / "v3", "esp32-generic-4mb", "3.0.0",
                              300, key, security_counter=1, encrypt_for=recipients)
-        records = _boot(board, 4)
+        records = _boot(board, 4, download=_payload_size(releases / "v3"))
         steps.append(Step("v3 fails its health check; the bootloader rolls back to v2",
                           "ota_1 v2.0.0, otadata ABORTED/VALID", _settled(board, records)))
         records = _boot(board, 1)
@@ -140,8 +164,18 @@ def run(work: Path = WORK) -> tuple[list[Step], list[dict[str, Any]]]:
     return steps, history
 
 
+def _payload_size(reldir: Path) -> int:
+    return (reldir / release.PAYLOAD).stat().st_size
+
+
 def main() -> int:
-    steps, history = run()
+    try:
+        steps, history = run()
+    except KeyboardInterrupt:
+        print(f"mpota demo: interrupted; the server is stopped and what was made is in "
+              f"{WORK}/ (the board: {WORK / 'board.flash'}); run 'make demo' to start over",
+              file=sys.stderr, flush=True)
+        return 130
     _say("\n== Server record (mpota reports)")
     for r in history:
         _say(f"    {r['time']}  {r['state']:<12} running {r['version_code']!s:<4} "
