@@ -18,7 +18,7 @@ from typing import Any
 
 from . import release
 from .errors import MpotaError, UsageError, printable
-from .serial_link import JSON_MARK, BoardLink, BoardLinkError, Interrupted
+from .serial_link import JSON_MARK, BoardLink, BoardLinkError, Interrupted, deferred_interrupt
 
 PUSH_CHUNK = 4096
 # progress(done, total): bytes of the payload on the board's flash
@@ -131,27 +131,29 @@ def push_release(link: BoardLink, reldir: Any, baud: int,
     began = time.monotonic()
     offset = start_at
     try:
-        with payload.open("rb") as f:
+        with deferred_interrupt() as stop, payload.open("rb") as f:
+            # Ctrl-C ends the push between two chunks: the board is never left
+            # with half a chunk, and what it received is on its flash
             f.seek(offset)
             if progress:
                 progress(offset, total)
-            while offset < total:
+            while offset < total and not stop.requested:
                 data = f.read(PUSH_CHUNK)
                 link.exec(f"P.chunk({offset},{base64.b64encode(data).decode()!r})")
                 offset += len(data)
                 if progress:
                     progress(offset, total)
-        link.exec(f"import json\nprint('{JSON_MARK}' + json.dumps(P.finish()))")
-    except KeyboardInterrupt:
-        link.interrupt()
-        raise Interrupted(
-            f"interrupted: the board keeps running its image; {offset} of {total} bytes of "
-            f"{printable(fields.get('version'))} reached it (state DOWNLOADING); 'mpota push "
-            f"--port {port} {reldir}' resumes from its flash") from None
+            if not stop.requested:
+                link.exec(f"import json\nprint('{JSON_MARK}' + json.dumps(P.finish()))")
     except BoardLinkError as e:
         if type(e) is not BoardLinkError:
             raise
         raise BoardLinkError(f"the board refused the release: {e}") from e
+    if stop.requested:
+        raise Interrupted(
+            f"interrupted: the board keeps running its image; {offset} of {total} bytes of "
+            f"{printable(fields.get('version'))} reached it (state DOWNLOADING); 'mpota push "
+            f"--port {port} {reldir}' resumes from its flash")
     seconds = time.monotonic() - began
     # where the slot resumed: past the 16 IV bytes of an encrypted resume
     resumed_at = start_at + 16 if start_at and fields.get("encryption") else start_at

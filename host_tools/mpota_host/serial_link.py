@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -57,6 +59,41 @@ class Interrupted(MpotaError):
     """Ctrl-C: the message says what state the board is in and what resumes."""
 
     exit_code = 130
+
+
+class Deferred:
+    """Ctrl-C noted, not raised (see :func:`deferred_interrupt`)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+
+_deferring: list[Deferred] = []
+
+
+@contextmanager
+def deferred_interrupt() -> Iterator[Deferred]:
+    """Within the block, Ctrl-C only sets ``requested``: code half-sent to the
+    board would leave its REPL waiting for the rest. The caller stops at the
+    next safe point. Outside the main thread there is nothing to defer."""
+    if _deferring:  # an outer block stops at its own safe point
+        yield _deferring[-1]
+        return
+    flag = Deferred()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def note(signum: int, frame: object) -> None:
+        flag.requested = True
+
+    previous = signal.signal(signal.SIGINT, note)
+    _deferring.append(flag)
+    try:
+        yield flag
+    finally:
+        _deferring.pop()
+        signal.signal(signal.SIGINT, previous)
 
 
 class _Rebooting(Exception):
@@ -164,12 +201,22 @@ class BoardLink:
         return BoardUnreachable(f"lost the board on {self.port}: {e}; check the cable and run "
                                 "the command again")
 
+    def _send(self, code: str) -> None:
+        """The code to the board whole: a Ctrl-C meanwhile is raised once it is sent
+        (the board then runs it, and the caller interrupts it if it must)."""
+        outer = bool(_deferring)
+        with deferred_interrupt() as stop:
+            self.transport.exec_raw_no_follow(code)
+        if stop.requested and not outer:
+            self.interrupt()
+            raise KeyboardInterrupt
+
     def exec(self, code: str, timeout: float | None = None,
              stream: Callable[[bytes], None] | None = None) -> str:
         """Run code on the board; its printed output. A failure on the board is a
         :class:`BoardLinkError` with the board's reason in one line."""
         try:
-            self.transport.exec_raw_no_follow(code)
+            self._send(code)
             out, err = self.transport.follow(timeout or self.timeout, stream)
         except (TransportError, OSError) as e:
             raise self._lost(e) from e
@@ -217,7 +264,7 @@ class BoardLink:
                     out(printable(text))
 
         try:
-            self.transport.exec_raw_no_follow(code)
+            self._send(code)
             _, err = self.transport.follow(self.timeout, consume)
         except _Rebooting:
             self.rebooted = True
