@@ -221,3 +221,25 @@ def test_status_of_a_board_on_an_erased_otadata(fleet: Fleet, serial: list[Seria
     assert json.loads(mpota("status", "--port", s.port, "--json").stdout)["otadata"][1] == {
         "seq": None, "state": "empty", "crc_ok": True}
     assert "3.4.0" not in out and "MicroPython   1." in out, out
+
+
+def test_provision_never_replaces_the_boards_own_main_py(fleet: Fleet,
+                                                         serial: list[SerialBoard]) -> None:
+    board = bare_board(fleet)
+    own_boot, own_main = b"import esp\nesp.osdebug(None)\n", b"print('my app')\n"
+    (board.fs / "boot.py").write_bytes(own_boot)
+    (board.fs / "main.py").write_bytes(own_main)
+    s = on_serial(serial, board)
+    config = str(provisioning_config(fleet))
+    line = fails(mpota("provision", "--port", s.port, "--config", config, "--hooks",
+                       check=False), 1, "the board has its own main.py: add 'import mpota; ")
+    assert "--force" in line and "nothing was written" in line
+    assert not (board.fs / "lib").exists() and not (board.fs / "mpota.json").exists()
+    assert (board.fs / "main.py").read_bytes() == own_main
+    out = mpota("provision", "--port", s.port, "--config", config, "--hooks", "--force").stdout
+    assert "main.py kept as main.py.bak" in out, out
+    assert (board.fs / "main.py.bak").read_bytes() == own_main
+    assert (board.fs / "main.py").read_bytes() == technician.HOOK_MAIN.encode()
+    assert (board.fs / "boot.py").read_bytes() == technician.HOOK_BOOT.encode() + own_boot
+    again = mpota("provision", "--port", s.port, "--config", config, "--hooks").stdout
+    assert " 0 written" in again, again
