@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import IO, Any, TextIO
+from typing import Any, TextIO
 
 from esptool.logger import EsptoolLogger, TemplateLogger, log
 from rich.console import Console
@@ -23,13 +23,6 @@ from rich.progress import (
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
-
-
-def on_terminal(stream: IO[str] | None = None) -> bool:
-    """Whether ``stream`` (stdout by default) is a terminal a person watches."""
-    stream = stream if stream is not None else sys.stdout
-    isatty = getattr(stream, "isatty", None)
-    return bool(isatty and isatty())
 
 
 def console(stream: TextIO | None = None) -> Console:
@@ -52,7 +45,7 @@ def byte_bar(out: Console | None = None, enabled: bool | None = None) -> Progres
         TransferSpeedColumn(),
         TimeRemainingColumn(),
         console=out,
-        disable=not (on_terminal(out.file) if enabled is None else enabled),
+        disable=not (out.is_terminal if enabled is None else enabled),
         transient=False,
     )
 

@@ -367,3 +367,48 @@ def test_cli_flashes_and_prints_the_summary(
     assert ": ESP32-D0WD" in summary and "4MB flash" in summary
     assert "0x00d000      8192 bytes  otadata (erased" in summary
     assert "ota_0: app 1.2.3" in summary
+
+
+def test_progress_is_a_bar_with_bytes_and_rate_on_a_terminal(
+    app: bytes, write: Callable[[str, bytes], Path], mock_port: Callable[[str], str]
+) -> None:
+    import io
+
+    from rich.console import Console
+
+    port = mock_port("esp32")
+    screen = io.StringIO()
+    terminal = Console(file=screen, force_terminal=True, width=160)
+    flash_firmware(port, BOARD_4MB, write("micropython.bin", app), out=terminal)
+    shown = screen.getvalue()
+    assert "0x010000 ota_0: app 1.2.3" in shown  # one bar per region, named
+    assert "/s" in shown and "kB" in shown  # bytes and rate
+    assert "Hash of data verified" in shown  # esptool's own lines still shown
+
+    piped = io.StringIO()
+    flash_firmware(port, BOARD_4MB, write("micropython.bin", app), out=Console(file=piped))
+    assert "ota_0: app 1.2.3" not in piped.getvalue() and "\x1b[" not in piped.getvalue()
+    assert "Hash of data verified" in piped.getvalue()
+
+
+def test_ctrl_c_while_writing_says_what_state_the_board_is_in(
+    app: bytes, write: Callable[[str, bytes], Path], mock_port: Callable[[str], str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from mpota_host import flashing
+    from mpota_host.errors import FlashInterrupted
+
+    def interrupted(*_: object, **__: object) -> None:
+        raise KeyboardInterrupt  # as Ctrl-C arrives in the middle of esptool's write
+
+    monkeypatch.setattr(flashing, "write_flash", interrupted)
+    with pytest.raises(FlashInterrupted, match="interrupted while writing; the board may not "
+                                               "boot until the same command succeeds") as e:
+        flash_firmware(mock_port("esp32"), BOARD_4MB, write("micropython.bin", app))
+    assert e.value.exit_code == 130
+
+
+def test_an_absent_port_is_exit_code_3(app: bytes, write: Callable[[str, bytes], Path]) -> None:
+    with pytest.raises(FlashError) as e:
+        flash_firmware("/dev/mpota-no-such-port", BOARD_4MB, write("micropython.bin", app))
+    assert e.value.exit_code == 3

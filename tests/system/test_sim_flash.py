@@ -71,6 +71,7 @@ def flash(port: str, firmware: Path) -> str:
         capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
+    assert "\x1b[" not in proc.stdout and "━" not in proc.stdout  # no bar in a pipe
     return proc.stdout
 
 
