@@ -24,6 +24,7 @@ __version__ = "0.1.0"
 _agent = None
 _checks = []
 _busy = [None]
+_wdt = [None, None]  # type: list  # the watchdog the agent armed, the Timer feeding it
 
 
 def health_check(fn):
@@ -165,13 +166,14 @@ def update(url_or_release=None):
     return _guard(run, uses=("repl",))
 
 
-def feed():
+def feed(_=None):
     """Feed the hardware watchdog the agent armed, if any.  With
     watchdog_after_confirm "app" the application calls this (or feeds its
     own machine.WDT) at least every app_watchdog_ms once an update is
-    confirmed.  See docs/watchdog.md."""
-    if _agent is not None:
-        _agent.hw.feed()
+    confirmed; with "agent" a machine.Timer calls it.  See docs/watchdog.md."""
+    w = _wdt[0]
+    if w is not None:
+        w.feed()
 
 
 def apply(force=False):

@@ -42,6 +42,7 @@ def begin(agent, raw, sig, url, claimed=None, source=None):
         raise StateError("update already %s: apply or wait" % agent.st.name)
     part = agent.hw.next_slot()
     agent.block()  # before the verifier's modules come and go (fragmentation)
+    agent.park()  # the connection stays open; mpota.http makes room for the verifier
     try:
         target, key = _verify(agent, raw, sig, part.ioctl(4, 0) * part.ioctl(5, 0))
     except Exception as e:  # whatever the release's bytes cause ends here
@@ -49,6 +50,7 @@ def begin(agent, raw, sig, url, claimed=None, source=None):
             "release unchecked: %s: %s" % (e.__class__.__name__, e))
         agent.fail(err, "release refused", claimed)
         raise err
+    agent.unpark()  # mpota.http back before this release's state is saved
     old = agent.st.get("target") or {}
     written = 0
     if agent.st.name == state.DOWNLOADING and old.get("sha256") == target["sha256"]:

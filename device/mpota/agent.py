@@ -24,6 +24,7 @@ class Agent:
         self.busy = busy  # application busy check: callable -> bool
         self.link = link  # the server link (mpota.link, loaded per exchange; a fake in tests)
         self._client = None
+        self._parked = None  # the connection while mpota.http is dropped (park())
         self._buf = None
         self._wanted = False
         self._net = None  # this call's network: "" usable, else why not (online())
@@ -78,12 +79,34 @@ class Agent:
             err.retryable = True
             raise err
         if self._client is None:
-            from mpota.http import Client
+            from mpota import http
 
-            d = self.cfg["download"]
-            self._client = Client(self.cfg["server"], self.cfg["cas"], d["stall_s"],
-                                  d["redirects"])
+            p = self._parked
+            if p is not None:
+                self._parked = None
+                self._client = http.unpark(p)
+            else:
+                d = self.cfg["download"]
+                self._client = http.Client(self.cfg["server"], self.cfg["cas"], d["stall_s"],
+                                           d["redirects"])
         return self._client
+
+    def park(self):
+        """Keep the open connection but let mpota.http go while the verifier
+        runs (its room: ~6 KiB as .mpy); client() takes it up again."""
+        c = self._client
+        if c is not None and hasattr(c, "park"):  # (a test's fake client stays)
+            self._client = None
+            self._parked = c.park()
+            del c
+            mpota.drop("http")
+
+    def unpark(self):
+        """mpota.http back on the parked connection (park()), if any: done as
+        soon as the verifier is gone, before the heap fills with the release's
+        state, so the module finds room in one piece."""
+        if self._parked is not None:
+            self.client()
 
     def spare(self):
         """The block buffer if it is taken or wanted (free until the download
@@ -96,10 +119,23 @@ class Agent:
         self._buf = None
 
     def close(self):
-        """End of a call into the agent: the connection and the block buffer
-        go back to the application, the Wi-Fi station is left as found."""
-        if self._client is not None:
-            self._client.close()
+        """End of a call into the agent: the connection, the HTTP client (and
+        mpota.http) and the block buffer go back to the application, the
+        Wi-Fi station is left as found."""
+        c = self._client
+        if c is not None:
+            self._client = None
+            c.close()
+            del c
+            mpota.drop("http")
+        p = self._parked
+        if p is not None:
+            self._parked = None
+            if p[0] is not None:
+                try:
+                    p[0].close()
+                except OSError:
+                    pass  # already broken: closing is best effort
         self._buf = None
         self._wanted = False
         self._net = None

@@ -96,6 +96,13 @@ def split_url(url, w=None):
     return host, port, path
 
 
+def unpark(state):
+    """A Client on the connection Client.park() kept."""
+    c = Client(None, ())
+    c.s, c.base, c.cas, c.stall, c.hops, c.keep, c.moved, c.where, c.left = state
+    return c
+
+
 class Client:
     def __init__(self, url, cas, stall=10, hops=3):
         """url: the mpota server (None: absolute https:// targets only);
@@ -126,6 +133,13 @@ class Client:
             except OSError:
                 pass  # already broken: closing is best effort
         self.s = None
+
+    def park(self):
+        """The open connection's state without the class (socket first): the
+        agent keeps it while mpota.http is dropped for the verifier's room,
+        and unpark() puts it back in a Client that reuses the connection."""
+        return (self.s, self.base, self.cas, self.stall, self.hops, self.keep, self.moved,
+                self.where, self.left)
 
     def url(self, w=None):
         """The URL of the last request (or of w), for a message."""
@@ -239,6 +253,9 @@ class Client:
                 self.close()
                 if not reused:
                     raise TransportError("%s broke: %s" % (self.url(), e))
+            except MemoryError:
+                self.close()  # mid-response: the next request (a report) needs a fresh one
+                raise
             # the server had closed the idle kept-alive connection: once more, fresh
 
     def readinto(self, mv):

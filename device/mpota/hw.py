@@ -5,11 +5,11 @@ import gc
 import esp32
 import machine
 
+import mpota
+
 
 class Hardware:
     def __init__(self):
-        self._wdt = None
-        self._timer = None
         self._found = None  # the station's active() before mpota.wifi brought it up
 
     # partitions
@@ -51,23 +51,22 @@ class Hardware:
 
     def watchdog(self, timeout_ms):
         # The hardware WDT cannot be stopped; asking again reconfigures it.
-        self._wdt = machine.WDT(0, timeout_ms)
-        return self._wdt
+        # Held by mpota (with the Timer that feeds it), not by this object:
+        # mpota.feed() needs nothing else resident.
+        w = mpota._wdt[0] = machine.WDT(0, timeout_ms)
+        return w
 
     def keep_fed(self, period_ms):
         """Feed the watchdog every period_ms from machine.Timer(-1): a virtual
         timer (esp_timer) where the port has them, else hardware timer 3
-        (1 on the C3; docs/watchdog.md)."""
-        if self._timer is None:
-            self._timer = machine.Timer(-1)
-        self._timer.init(period=period_ms, callback=self._tick)
-
-    def _tick(self, _):
-        self._wdt.feed()
+        (1 on the C3; docs/watchdog.md).  The callback is mpota.feed."""
+        t = mpota._wdt[1]
+        if t is None:
+            t = mpota._wdt[1] = machine.Timer(-1)
+        t.init(period=period_ms, callback=mpota.feed)
 
     def feed(self):
-        if self._wdt is not None:
-            self._wdt.feed()
+        mpota.feed()
 
     def free_heap(self):
         gc.collect()

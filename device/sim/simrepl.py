@@ -8,11 +8,14 @@
 #   raw-paste       Ctrl-E 'A' Ctrl-A -> "R\x01" + window, flow control \x01
 # Ctrl-C while code runs arrives as SIGINT from the harness's serial bridge
 # and becomes KeyboardInterrupt, as the UART interrupt does on a board.
+import select
 import sys
 
 import simboard
 
 _WINDOW = const(256)
+_SLICE_MS = const(20)
+_stdin = []  # the poll object waiting on stdin, made once
 BANNER = ("MicroPython v1.29.0 on 2026-08-29; ESP32 module (simulated by mpota) with ESP32\r\n"
           'Type "help()" for more information.\r\n')
 
@@ -21,9 +24,22 @@ def _out(text):
     sys.stdout.write(text)
 
 
+def _wait():
+    # Wait for input in short slices, as a board's REPL waits on its UART:
+    # scheduled callbacks (a machine.Timer feeding the watchdog) run between
+    # them.  A blocking read would hold every one of them until a key came.
+    if not _stdin:
+        p = select.poll()
+        p.register(sys.stdin, select.POLLIN)
+        _stdin.append(p)
+    while not _stdin[0].poll(_SLICE_MS):
+        pass
+
+
 def _getc():
     while True:
         try:
+            _wait()
             c = sys.stdin.buffer.read(1)
         except KeyboardInterrupt:
             return 3  # Ctrl-C while waiting for input

@@ -380,3 +380,54 @@ result([out["error"], bad["result"], bad["error"], bad["reason"], a.st.name,
         a.st.get("written")])
 """)
     assert got == ["state", "FAILED", "bad-move", "bad move: staged in IDLE", "IDLE", None]
+
+
+def test_the_connection_is_parked_while_verifying_and_nothing_of_http_stays_after() -> None:
+    (got,) = run("""
+import sys
+
+class Sock:
+    closed = 0
+    def close(self):
+        Sock.closed += 1
+
+a = agent()
+c = a.client()  # a real mpota.http Client (no connection yet)
+c.s, c.keep, c.where, c.left = Sock(), True, ("ota.example", 443, "/v1/update"), 0
+sock = c.s
+del c
+a.park()  # the verifier's room: the connection stays, mpota.http goes
+parked = ["mpota.http" in sys.modules, a._client is None]
+c = a.client()  # back on the same connection, ready to carry the next request
+back = [c.s is sock, c.keep, c.where, c.base, c.stall, c.hops, "mpota.http" in sys.modules]
+del c
+a.park()
+a.close()  # a parked connection is closed too
+closed_parked = [Sock.closed, a._parked]
+a.client().s = Sock()
+a.close()  # the client and mpota.http go back to the application
+result([parked, back, closed_parked, [Sock.closed, a._client, "mpota.http" in sys.modules]])
+""")
+    parked, back, closed_parked, closed = got
+    assert parked == [False, True]
+    assert back == [True, True, ["ota.example", 443, "/v1/update"],
+                    ["ota.example", 443, ""], 1, 3, True]
+    assert closed_parked == [1, None]
+    assert closed == [2, None, False]
+
+
+def test_feed_needs_no_agent_only_the_watchdog_hw_armed() -> None:
+    (got,) = run("""
+class WDT:
+    fed = 0
+    def feed(self):
+        WDT.fed += 1
+
+mpota.feed()  # nothing armed: nothing to do
+mpota._agent = None
+mpota._wdt[0] = WDT()  # what hw.watchdog() keeps
+mpota.feed()
+mpota.feed("timer")  # as machine.Timer calls it
+result(WDT.fed)
+""")
+    assert got == 2
