@@ -54,9 +54,10 @@ def _restarted(link: technician.BoardLink) -> None:
 
 
 @contextmanager
-def _bar(what: str) -> Iterator[Callable[[int, int], None]]:
-    """progress(done, total) drawn as a bar with bytes, rate and time left on a
-    terminal (stderr); nothing when not on one."""
+def _bar(what: str) -> Iterator[tuple[Callable[[int, int], None], Callable[[str], None]]]:
+    """(progress(done, total), echo(line)): on a terminal a bar with bytes, rate and
+    time left (stderr), the board's lines printed above it; off a terminal no bar,
+    the lines on stdout."""
     console = Console(stderr=True)
     with Progress(TextColumn(what), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                   TimeRemainingColumn(), console=console, disable=not console.is_terminal,
@@ -66,7 +67,13 @@ def _bar(what: str) -> Iterator[Callable[[int, int], None]]:
         def update(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total or None)
 
-        yield update
+        def echo(line: str) -> None:
+            if console.is_terminal:
+                console.print(line, markup=False, highlight=False)
+            else:
+                click.echo(line)
+
+        yield update, echo
 
 
 def _catch_ctrl_c() -> None:
@@ -136,8 +143,8 @@ def trigger_cmd(port: str, baud: int, timeout: float, release_url: str | None) -
     _catch_ctrl_c()
     if release_url is not None:
         technician.check_release_url(release_url)  # before the board is touched
-    with technician.connect(port, baud, timeout) as link, _bar("downloading") as bar:
-        result = technician.trigger_update(link, release_url, click.echo, bar, port)
+    with technician.connect(port, baud, timeout) as link, _bar("downloading") as (bar, echo):
+        result = technician.trigger_update(link, release_url, echo, bar, port)
     _restarted(link)
     if result.result == "REBOOTING":
         click.echo(f"result: REBOOTING into {result.version}; the board confirms it after its "
@@ -159,7 +166,7 @@ def trigger_cmd(port: str, baud: int, timeout: float, release_url: str | None) -
 def push_cmd(port: str, baud: int, timeout: float, reldir: Path, no_apply: bool) -> None:
     """Offline update: stream a release over the serial REPL into the inactive slot."""
     _catch_ctrl_c()
-    with technician.connect(port, baud, timeout) as link, _bar("pushing") as bar:
+    with technician.connect(port, baud, timeout) as link, _bar("pushing") as (bar, _):
         report = technician.push_release(link, reldir, baud, bar, apply=not no_apply,
                                          port=port)
     _restarted(link)
