@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from . import board as boards
 from . import keys, provision, resources
 from .errors import MpotaError, SimulatorError, printable
-from .serial_link import BoardLink, VersionMismatch
+from .serial_link import BoardLink, Interrupted, VersionMismatch, deferred_interrupt
 from .sim import runner
 
 # The hooks that run the agent; the only place their text is written.
@@ -259,6 +259,14 @@ print("MPOTA-JSON " + json.dumps(kid))
 """
 
 
+def _write_whole(link: BoardLink, name: str, data: bytes) -> None:
+    """Write name on the board through a temporary file renamed over it."""
+    link.transport.fs_writefile(name + ".new", data)
+    link.exec(f"import os\ntry:\n    os.rename({name + '.new'!r}, {name!r})\n"
+              f"except OSError:  # FAT does not rename over a file\n"
+              f"    os.remove({name!r})\n    os.rename({name + '.new'!r}, {name!r})\n")
+
+
 def _read_or_none(link: BoardLink, name: str) -> bytes | None:
     return link.transport.fs_readfile(name) if link.transport.fs_exists(name) else None
 
@@ -286,14 +294,21 @@ def provision_board(link: BoardLink, config: ProvisionConfig, hooks: bool = Fals
     for directory in ("lib", "lib/mpota"):
         if not link.transport.fs_exists(directory):
             link.transport.fs_mkdir(directory)
-    for name, data in files.items():
-        if link.transport.fs_exists(name) and \
-                link.transport.fs_hashfile(name, "sha256") == hashlib.sha256(data).digest():
-            report.unchanged.append(name)
-            continue
-        progress(f"  writing {name} ({len(data)} bytes)")
-        link.transport.fs_writefile(name, data)
-        report.written.append(name)
+    with deferred_interrupt() as stop:
+        # Ctrl-C stops between two files; each file is replaced whole (a
+        # temporary file renamed over it), never left half-written
+        for name, data in files.items():
+            if stop.requested:
+                raise Interrupted(
+                    f"interrupted: {len(report.written)} files written whole, none "
+                    "half-written; run the same 'mpota provision' again to finish")
+            if link.transport.fs_exists(name) and \
+                    link.transport.fs_hashfile(name, "sha256") == hashlib.sha256(data).digest():
+                report.unchanged.append(name)
+                continue
+            progress(f"  writing {name} ({len(data)} bytes)")
+            _write_whole(link, name, data)
+            report.written.append(name)
     if config.encryption_key is not None:
         wanted = keys.key_id(keys.load_private(config.encryption_key).public_key())
         current = link.call(KEY_ID_CODE)

@@ -174,8 +174,8 @@ class BoardLink:
         if not seen.endswith(_RAW_BANNER):
             raise BoardUnreachable(
                 f"no MicroPython REPL answers on {self.port} within {self.timeout:g} s: check "
-                "that the board is powered and runs MicroPython (press its reset button), "
-                "or give it longer with --timeout")
+                "that the board is powered, runs MicroPython and talks at --baud (press its "
+                "reset button), or give it longer with --timeout")
         self.app_was_running = b"KeyboardInterrupt" in seen
         self.transport.in_raw_repl = True
 
