@@ -108,3 +108,54 @@ def finish():
     _session.clear()
     mpota.drop("install", "slot")
     return "STAGED"
+
+
+# A technician's session over serial (mpota trigger, and push's apply): the
+# host follows the board by these events, never by sentences meant for people.
+EVENT = "MPOTA-EVENT "  # the host's serial link (mpota_host.serial_link) waits for these
+
+
+def event(name, **fields):
+    """One machine-readable line for the host: MPOTA-EVENT {"event": name, ...}."""
+    import json
+
+    fields["event"] = name
+    print(EVENT + json.dumps(fields))
+
+
+def announce(agent):
+    """For a technician's session over serial (mpota trigger / push): print an
+    event before every reset the agent makes ("rebooting") and at every saved
+    step of a download ("progress": bytes on flash, of total), so the host
+    follows the update by events, never by sentences meant for people."""
+    hw, st = agent.hw, agent.st
+    reset, move = hw.reset, st.move
+
+    def announced_reset():
+        event("rebooting", version=(st.get("target") or {}).get("version"))
+        reset()
+
+    def announced_move(name, reject=None, **changes):
+        move(name, reject, **changes)
+        if name in ("begin", "progress", "staged"):
+            target = st.get("target") or {}
+            event("progress", written=st.get("written", 0),
+                  total=target.get("payload_size", 0), version=target.get("version"))
+
+    hw.reset = announced_reset
+    st.move = announced_move
+
+
+def trigger(url=None):
+    """mpota trigger: mpota.update(url) with events; the result as an event."""
+    import mpota
+
+    try:
+        announce(mpota.get_agent())
+    except Exception:  # a broken mpota.json: update() below reports it as its result
+        pass
+    r = mpota.update(url)
+    if type(r) is not dict:
+        r = {"result": str(r)}
+    event("result", **r)
+    return r

@@ -1,7 +1,7 @@
 """``mpota trigger`` (the board updates itself, from its server or a release
 URL) and ``mpota push`` (the release streamed through the raw REPL).
 
-Both follow the board by its ``MPOTA-EVENT`` lines (``mpota.repl.announce``):
+Both follow the board by its ``MPOTA-EVENT`` lines (``mpota.push.announce``):
 download progress, the reset into the new image, the update's result.
 Ctrl-C stops the board's work cleanly and ends in an :class:`Interrupted`
 that says what state the board is in and which command resumes.
@@ -65,7 +65,7 @@ def trigger_update(link: BoardLink, url: str | None, out: Callable[[str], None],
         elif kind == "result":
             result.update(event)
 
-    code = f"from mpota import repl\nrepl.trigger({url!r})\n"
+    code = f"from mpota import push\npush.trigger({url!r})\n"
     try:
         link.run_events(code, on_event, out)
     except KeyboardInterrupt:
@@ -102,8 +102,8 @@ class PushReport:
         return self.sent_bytes / self.seconds if self.seconds else 0.0
 
 
-APPLY_CODE = ("import mpota, json\nfrom mpota import repl\nrepl.announce(mpota.get_agent())\n"
-              "repl.event('result', **mpota.apply())\n")
+APPLY_CODE = ("import mpota\nfrom mpota import push\npush.announce(mpota.get_agent())\n"
+              "push.event('result', **mpota.apply())\n")
 
 
 def push_release(link: BoardLink, reldir: Any, baud: int,

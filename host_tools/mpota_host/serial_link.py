@@ -10,7 +10,7 @@ command leaves the board as it found it.
 
 The board answers in lines: ``MPOTA-JSON {...}`` (a call's value) and
 ``MPOTA-EVENT {...}`` (something the host waits for: ``progress``,
-``rebooting``, ``result``; printed by ``mpota.repl.announce``). Sentences
+``rebooting``, ``result``; printed by ``mpota.push.announce``). Sentences
 for people are shown, never parsed.
 """
 
