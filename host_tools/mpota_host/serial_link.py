@@ -120,6 +120,15 @@ def _why_unopenable(port: str, error: Exception) -> str:
     return f"cannot open serial port {port} ({printable(detail)}): check the cable and the name"
 
 
+def _no_agent(problem: str) -> None:
+    """A NoAgentError when the board's error is a missing agent (or agent module)."""
+    if "no module named 'mpota'" in problem:
+        raise NoAgentError("the board has no mpota agent: run 'mpota provision' first")
+    if "no module named 'mpota." in problem:
+        raise NoAgentError("the board's mpota agent is older than these tools (a module is "
+                           "missing): run 'mpota provision' to update it")
+
+
 def board_error_line(out: str, err: str) -> str:
     """The board's failure as one line: the agent's own last ``mpota:`` line when
     it printed one (it names the failure's code), else the exception's text."""
@@ -223,8 +232,7 @@ class BoardLink:
         text = str(out.decode(errors="replace"))
         if err:
             problem = err.decode(errors="replace")
-            if "no module named 'mpota" in problem:
-                raise NoAgentError("the board has no mpota agent: run 'mpota provision' first")
+            _no_agent(problem)
             raise BoardLinkError(board_error_line(text, problem))
         return text
 
@@ -273,8 +281,7 @@ class BoardLink:
             raise self._lost(e) from e
         if err:
             problem = err.decode(errors="replace")
-            if "no module named 'mpota" in problem:
-                raise NoAgentError("the board has no mpota agent: run 'mpota provision' first")
+            _no_agent(problem)
             raise BoardLinkError(board_error_line("\n".join(said), problem))
 
     def interrupt(self) -> None:
