@@ -445,7 +445,10 @@ def main() -> None:
         click.echo("mpota: aborted", err=True)
         sys.exit(EXIT_INTERRUPTED)
     except click.ClickException as e:
-        click.echo(printable(_usage_line(e)), err=True)
+        if type(e).__name__ == "NoArgsIsHelpError":  # 'mpota' or 'mpota sim' alone: the help
+            e.show()
+        else:
+            click.echo(printable(_usage_line(e)), err=True)
         sys.exit(e.exit_code)
     except MpotaError as e:
         click.echo(f"mpota: error: {printable(' '.join(str(e).split()))}", err=True)

@@ -156,3 +156,25 @@ def test_an_8mb_board_reports_8mb(tmp_path: Path, bootloaders: list[Bootloader])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "8MB flash" in proc.stdout
     loader.finish()
+
+
+def test_a_board_runs_or_waits_in_its_bootloader_never_both(
+    tmp_path: Path, bootloaders: list[Bootloader]
+) -> None:
+    from mpota_host.errors import SimulatorError
+    from mpota_host.sim.serial import SerialBoard
+
+    app = tmp_path / "fw.bin"
+    write_image(app, "1.0.0", "healthy", 64 * 1024)
+    board = SimBoard.create(BOARD, app, tmp_path / "b.flash")
+    loader = Bootloader(board.flash)
+    bootloaders.append(loader)
+    with pytest.raises(SimulatorError, match=r"in use \(mpota sim bootloader, pid \d+\); stop"):
+        SerialBoard(board)
+    loader.kill()
+    with SerialBoard(board) as serial:
+        serial.wait_for_repl()
+        proc = subprocess.run([tool("mpota"), "sim", "bootloader", "--flash", str(board.flash)],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 1 and "in use (mpota sim serial" in proc.stderr
+        assert proc.stderr.count("\n") == 1

@@ -36,7 +36,7 @@ from esp32_mock_bootloader.server import (
 from .. import board as boards
 from ..errors import SimulatorError
 from .harness import SimBoard
-from .serial import _open_pty
+from .serial import _open_pty, hold, release
 
 _JEDEC_LOW = 0x4020  # the mock's manufacturer and memory type bytes
 _SECTOR = 0x1000
@@ -113,6 +113,15 @@ class SimBootloader:
     def __init__(self, board: SimBoard,
                  on_session: Callable[[list[tuple[int, int]]], None] | None = None) -> None:
         self.board = board
+        self._held = hold(board, "mpota sim bootloader")
+        try:
+            self._setup(board, on_session)
+        except BaseException:
+            release(self._held)
+            raise
+
+    def _setup(self, board: SimBoard,
+               on_session: Callable[[list[tuple[int, int]]], None] | None) -> None:
         layout = boards.require(str(board.identity["board"]))
         self.chip = layout.chip
         size = board.flash.stat().st_size
@@ -162,11 +171,15 @@ class SimBootloader:
         return self.sessions >= sessions
 
     def stop(self) -> None:
+        if self._held < 0:
+            return  # stopped already
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=10)
         self._pty.close()
         self.flash.close()
+        release(self._held)
+        self._held = -1
 
     def __enter__(self) -> SimBootloader:
         return self.start()

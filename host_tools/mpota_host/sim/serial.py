@@ -60,12 +60,47 @@ def _catches_sigint(pid: int) -> bool:
     return False
 
 
+def hold(board: SimBoard, what: str) -> int:
+    """Claim the board for one program at a time: a board runs on its serial line or
+    waits in its ROM bootloader, never both (an flock on FLASH.sim/in-use, released
+    when the returned descriptor is closed, or the program ends).
+
+    Raises:
+        SimulatorError: Another mpota sim command holds the board.
+    """
+    path = board.sim_dir / "in-use"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        try:
+            holder = path.read_text().strip() or "another program"
+        except OSError:
+            holder = "another program"
+        raise SimulatorError(
+            f"{board.flash} is in use ({holder}); stop that command first: a board runs on "
+            "its serial line or waits in its bootloader, not both"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{what}, pid {os.getpid()}".encode())
+    return fd
+
+
+def release(fd: int) -> None:
+    """Give up a board claimed with :func:`hold`."""
+    if fd >= 0:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
 class SerialBoard:
     """A SimBoard behind a pty. ``port`` is the path to open (e.g. /dev/pts/7)."""
 
     def __init__(self, board: SimBoard, baud: int | None = 115200,
                  heapsize: str = runner.DEFAULT_HEAP, frozen: tuple[str, ...] = (),
                  log: Callable[[str], None] | None = None) -> None:
+        self._held = hold(board, "mpota sim serial")
         self.board = board
         self.baud = baud
         self.heapsize = heapsize
@@ -269,6 +304,8 @@ class SerialBoard:
             proc.kill()
             proc.wait()
         self.unplug()
+        release(self._held)
+        self._held = -1
 
     def __enter__(self) -> SerialBoard:
         return self
