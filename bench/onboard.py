@@ -33,7 +33,23 @@ def next_slot():
     return esp32.Partition(esp32.Partition.RUNNING).get_next_update()
 
 
+def station_up():
+    # The simulated station is down after a reset, as a board's: bring it up
+    # the way an application does before it opens a socket.
+    import time
+
+    import network
+
+    w = network.WLAN(network.STA_IF)
+    if not w.isconnected():
+        w.active(True)
+        w.connect("sim", "sim-key")
+        while not w.isconnected():
+            time.sleep_ms(10)
+
+
 def connect(host, port):
+    station_up()
     import socket
 
     import tls

@@ -90,7 +90,8 @@ def make_rig(work: Path, encrypted: bool, size: int = SIZE) -> Rig:
         board = SimBoard.create(BOARD, fw1, work / "bench.flash")
         config = {"server": server.url, "ca": "ca.der", "device_id": "bench", "token": token,
                   "board": "esp32-generic-4mb", "version": "1.0.0", "version_code": 1,
-                  "trusted_keys": ["signing.pub.pem"], "policy": {"auto_apply": False}}
+                  "trusted_keys": ["signing.pub.pem"], "policy": {"auto_apply": False},
+                  "wifi": {"ssid": "sim", "key": "sim-key"}}
         board.install_agent(config, {"ca.der": server.ca_der.read_bytes(),
                                      "signing.pub.pem": pair.public.read_bytes()},
                             main_py="")

@@ -398,7 +398,8 @@ class SimBoard:
         lib = self.fs / "lib" / "mpota"
         if lib.exists():
             shutil.rmtree(lib)
-        shutil.copytree(runner.compiled_agent() / "mpota", lib)
+        shutil.copytree(runner.compiled_agent() / "mpota", lib,
+                        ignore=shutil.ignore_patterns("*.tmp"))
         for name, data in files.items():
             self.write_file(name, data)
         self.write_file("mpota.json", json.dumps(config, indent=2))
