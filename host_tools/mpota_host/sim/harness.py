@@ -31,11 +31,11 @@ from .. import resources
 from ..appimage import check_app_image
 from ..errors import SimulatorError
 from ..partition_table import TABLE_OFFSET
+from ..provisioning import HOOK_BOOT as AGENT_BOOT
+from ..provisioning import HOOK_MAIN as AGENT_MAIN
 from . import runner
 
 SECTOR = 4096
-AGENT_BOOT = "import mpota\nmpota.boot()\n"
-AGENT_MAIN = "import mpota\nmpota.probation()\nmpota.poll()\n"
 COUNTERS_MAGIC = 0x4D504643
 DURABLE_MAGIC = 0x4D50444F
 NEVER = 0xFFFFFFFF
