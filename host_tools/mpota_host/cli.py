@@ -379,7 +379,12 @@ def sim_bootloader(flash: Path, once: bool, timeout: float | None) -> None:
     board's own flash file. Stop it, then power the board on with
     'mpota sim serial --flash FLASH' or 'mpota sim boot --flash FLASH'.
     """
-    from .sim.bootloader import SimBootloader
+    try:
+        from .sim.bootloader import SimBootloader
+    except ImportError as e:
+        raise SimulatorError(
+            f"mpota sim bootloader needs the mock ESP32 ROM bootloader ({e.name} is missing): "
+            "pip install 'mpota[sim]'") from e
 
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
