@@ -17,7 +17,7 @@ import click
 
 from . import __version__, keys, prompts, release
 from . import board as boards
-from .appimage import ImageFacts, inspect_image
+from .appimage import ImageFacts, image_info, inspect_image
 from .errors import (
     EXIT_INTERRUPTED,
     MpotaError,
@@ -95,7 +95,8 @@ def keygen_cmd(out: Path, kind: str, passphrase: bool) -> None:
 @click.option("--version", "version", required=True, help="Version shown to people (e.g. 1.4.2).")
 @click.option("--version-code", type=click.IntRange(0, 0x7FFFFFFF), required=True,
               help="Integer that must grow with every release; devices refuse lower ones.")
-@click.option("--board", "board_name", required=True, help="Board name or directory.")
+@click.option("--board", "board_name", required=True,
+              help="Board name (see docs/boards.md; $MPOTA_BOARDS) or directory.")
 @click.option("--key", "key_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               required=True, help="Private signing key (signing.pem).")
 @click.option("--out", type=click.Path(path_type=Path), required=True,
@@ -180,7 +181,10 @@ def inspect_cmd(target: Path, as_json: bool) -> None:
         click.echo(json.dumps(info, indent=2))
         return
     for key, value in info.items():
-        click.echo(f"{key:<18} {printable(value)}")
+        items = value if isinstance(value, list) and value else [value]
+        click.echo(f"{key:<19} {printable(items[0])}")
+        for item in items[1:]:
+            click.echo(f"{'':<19} {printable(item)}")
 
 
 def _inspect_release(reldir: Path) -> dict[str, object]:
@@ -208,16 +212,11 @@ def _inspect_release(reldir: Path) -> dict[str, object]:
 
 
 def _inspect_image(path: Path) -> dict[str, object]:
-    facts = inspect_image(path)
-    info: dict[str, object] = {
-        "firmware": str(path), "size": facts.size, "chip": facts.chip_name,
-        "chip_id": facts.chip_id, "segments": facts.segments,
-        "checksum_valid": facts.checksum_valid, "hash_appended": facts.hash_appended,
-        "hash_valid": facts.hash_valid, "app_version": facts.version or "(empty)",
-        "project": facts.project or "(empty)",
-    }
-    if facts.sim is not None:
-        info["simulated_behaviour"] = facts.sim.behaviour
+    info = image_info(path)
+    if str(info.get("kind", "")).startswith("app-only"):
+        facts = inspect_image(path)
+        if facts.sim is not None:
+            info["simulated_behaviour"] = facts.sim.behaviour
     return info
 
 
@@ -225,11 +224,13 @@ def _inspect_image(path: Path) -> dict[str, object]:
 @click.argument("firmware", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--port", required=True,
               help="The board's serial port (/dev/ttyUSB0, COM3) or a pyserial URL.")
-@click.option("--board", "board_name", required=True, help="Board name or directory.")
+@click.option("--board", "board_name", required=True,
+              help="Board name (see docs/boards.md; $MPOTA_BOARDS) or directory.")
 @click.option("--baud", type=click.IntRange(9600, 4_000_000), default=DEFAULT_BAUD,
               show_default=True, help="Baud rate for writing (first contact is at 115200).")
 def flash_cmd(firmware: Path, port: str, board_name: str, baud: int) -> None:
-    """Flash FIRMWARE over USB: a full OTA image at 0x1000, or an app-only image into ota_0.
+    """Flash FIRMWARE over USB: a full image (.bin) at the chip's bootloader offset, or an
+    app-only image (.app-bin) into ota_0.
 
     Checks the image against the board before touching the port, always erases
     otadata (the board boots ota_0), and ends with what was written where.
@@ -254,15 +255,20 @@ def sim() -> None:
               help="How the firmware behaves after boot.")
 @click.option("--size", default=str(DEFAULT_SIZE), show_default=True,
               help="Image size in bytes (K/M suffixes allowed; ~1.5M is realistic).")
+@click.option("--board", "board_name", default="esp32-generic-4mb", show_default=True,
+              help="Board the image is for (its chip id and flash size).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
-def sim_firmware(version: str, behaviour: str, size: str, out: Path) -> None:
-    """Write a simulated MicroPython firmware: a valid ESP32 app image."""
-    fw = write_image(out, version, behaviour, _size(size))
+def sim_firmware(version: str, behaviour: str, size: str, board_name: str, out: Path) -> None:
+    """Write a simulated MicroPython firmware: a valid app image for the board's chip."""
+    layout = boards.load(board_name)
+    fw = write_image(out, version, behaviour, _size(size), chip_id=layout.chip_id,
+                     flash_mb=layout.flash_size >> 20)
     click.echo(f"{out}: firmware v{fw.version} ({fw.behaviour}), {fw.size} bytes")
 
 
 @sim.command("new")
-@click.option("--board", "board_dir", required=True, help="Board directory or name under boards/.")
+@click.option("--board", "board_dir", required=True,
+              help="Board name (see docs/boards.md; $MPOTA_BOARDS) or directory.")
 @click.option("--firmware", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               required=True, help="App image written into ota_0.")
 @click.option("--flash", type=click.Path(dir_okay=False, path_type=Path), required=True,

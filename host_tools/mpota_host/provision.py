@@ -12,7 +12,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from . import keys
+from . import keys, prompts
 from .errors import MpotaError
 
 # run(code) -> what the board printed
@@ -32,7 +32,7 @@ def _marker(output: str, prefix: str) -> str:
 
 def install_fleet_key(run: Runner, private_key: Path) -> str:
     """Install a fleet decryption key (encryption.pem) in the board's NVS; returns its id."""
-    key = keys.load_private(private_key)
+    key = keys.load_private(private_key, ask=prompts.ask_passphrase)
     scalar = key.private_numbers().private_value.to_bytes(32, "big")
     code = ("import esp32\nfrom mpota import enckey\n"
             f"print('MPOTA-KEY-ID', enckey.install(esp32.NVS('mpota'), {scalar!r}))\n")

@@ -24,7 +24,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 
 from . import board as boards
-from . import keys, provision, resources
+from . import keys, prompts, provision, resources
 from .errors import MpotaError, SimulatorError, printable
 from .serial_link import BoardLink, Interrupted, VersionMismatch, deferred_interrupt
 from .sim import runner
@@ -166,7 +166,8 @@ class ProvisionConfig:
             names.append(name)
         encryption_key = rel(data["encryption_key"]) if data.get("encryption_key") else None
         if encryption_key is not None:
-            keys.load_private(encryption_key)  # readable, a P-256 private key
+            # readable (asking for its passphrase in a terminal), a P-256 private key
+            keys.load_private(encryption_key, ask=prompts.ask_passphrase)
         device = {k: v for k, v in data.items() if k not in _HOST_ONLY}
         device.update(ca=ca_name, trusted_keys=names)
         device.setdefault("chip_id", definition.chip_id)
@@ -310,7 +311,8 @@ def provision_board(link: BoardLink, config: ProvisionConfig, hooks: bool = Fals
             _write_whole(link, name, data)
             report.written.append(name)
     if config.encryption_key is not None:
-        wanted = keys.key_id(keys.load_private(config.encryption_key).public_key())
+        private = keys.load_private(config.encryption_key, ask=prompts.ask_passphrase)
+        wanted = keys.key_id(private.public_key())
         current = link.call(KEY_ID_CODE)
         if current == wanted:
             report.unchanged.append("nvs:enc_key")
