@@ -182,9 +182,9 @@ def inspect_cmd(target: Path, as_json: bool) -> None:
         return
     for key, value in info.items():
         items = value if isinstance(value, list) and value else [value]
-        click.echo(f"{key:<19} {printable(items[0])}")
+        click.echo(f"{key:<18} {printable(items[0])}")
         for item in items[1:]:
-            click.echo(f"{'':<19} {printable(item)}")
+            click.echo(f"{'':<18} {printable(item)}")
 
 
 def _inspect_release(reldir: Path) -> dict[str, object]:
