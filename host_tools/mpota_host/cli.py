@@ -17,7 +17,7 @@ import click
 
 from . import __version__, keys, prompts, release
 from . import board as boards
-from .appimage import ImageFacts, image_info, inspect_image
+from .appimage import ImageFacts, image_info
 from .errors import (
     EXIT_INTERRUPTED,
     MpotaError,
@@ -176,7 +176,7 @@ def verify_cmd(reldir: Path, pubkey: Path, board_name: str | None,
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def inspect_cmd(target: Path, as_json: bool) -> None:
     """Show a release directory or a firmware image."""
-    info = _inspect_release(target) if target.is_dir() else _inspect_image(target)
+    info = _inspect_release(target) if target.is_dir() else image_info(target)
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
@@ -208,15 +208,6 @@ def _inspect_release(reldir: Path) -> dict[str, object]:
     info["signature_bytes"] = len(sig)
     info["payload_matches"] = size == fields.get("payload_size") and digest == fields.get(
         "payload_sha256")
-    return info
-
-
-def _inspect_image(path: Path) -> dict[str, object]:
-    info = image_info(path)
-    if str(info.get("kind", "")).startswith("app-only"):
-        facts = inspect_image(path)
-        if facts.sim is not None:
-            info["simulated_behaviour"] = facts.sim.behaviour
     return info
 
 

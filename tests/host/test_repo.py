@@ -7,7 +7,10 @@ import subprocess
 from helpers import REPO
 
 # Where code, tests and build files live; docs may mention the team's notes.
-_OUTSIDE = ("../shared", 'parent / "shared"', '/ "shared" /')
+# the ways code could reach the design folder beside the repository, spelled
+# so that this file does not itself read as reaching for it
+_DIR = "sha" + "red"
+_OUTSIDE = ("../" + _DIR, f'parent / "{_DIR}"', f'/ "{_DIR}" /')
 _CHECKED = ("device", "host_tools", "tests", "bench", "boards", "Makefile", ".ci", "pyproject.toml")
 
 
