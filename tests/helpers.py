@@ -74,7 +74,7 @@ def run_unix(code: str, heapsize: str = "2M", timeout: float = 120.0) -> tuple[i
 
     script = Path(tempfile.mkdtemp(prefix="mpota-unix-")) / "snippet.py"
     script.write_text(textwrap.dedent(code))
-    env = dict(os.environ, MICROPYPATH=str(runner.compiled_agent()))
+    env = dict(os.environ, MICROPYPATH=str(runner.compiled_agent()) + ":.frozen")
     proc = subprocess.run(
         [runner.micropython_command(), "-X", f"heapsize={heapsize}", str(script)],
         capture_output=True, text=True, env=env, timeout=timeout,
@@ -125,3 +125,17 @@ class Body:
         self.pos += n
         return n
 """
+
+
+# What the asyncio agent's runs need beyond the blocking agent's heap: asyncio's
+# own scheduler (~4 KiB, the application's when it is an asyncio application),
+# the simulated application's ticking task (device/sim/simdriver.py, ~1.3 KiB),
+# mpota.aio (~2.6 KiB as .mpy) and the tasks and generator frames of a round.
+ASYNCIO_EXTRA_KIB = 16
+
+
+def heap_for(driver: str, heap: str) -> str:
+    """The heap of a small-heap test for the blocking or the asyncio agent."""
+    if driver != "asyncio":
+        return heap
+    return f"{int(heap.rstrip('K')) + ASYNCIO_EXTRA_KIB}K"

@@ -23,8 +23,10 @@ __version__ = "0.1.0"
 
 _agent = None
 _checks = []
-_busy = [None]
-_wdt = [None, None]  # type: list  # the watchdog the agent armed, the Timer feeding it
+# the watchdog the agent armed, the Timer feeding it, the application's busy
+# check, 1 while a call into the agent runs (blocking, or a round of mpota.run)
+# (one list: each global of this module is heap for as long as it is loaded)
+_hold = [None, None, None, 0]  # type: list
 
 
 def health_check(fn):
@@ -35,16 +37,10 @@ def health_check(fn):
 
 def busy_check(fn):
     """Decorator: while fn() returns True the agent never reboots."""
-    _busy[0] = fn
+    _hold[2] = fn
     if _agent is not None:
         _agent.busy = fn
     return fn
-
-
-def _scrub(n):
-    a = b = c = d = e = f = g = h = i = j = k = m = None  # noqa: F841
-    if n:
-        _scrub(n - 1)
 
 
 def drop(*names):
@@ -58,7 +54,12 @@ def drop(*names):
     import gc
     import sys
 
-    _scrub(12)
+    def scrub(n):
+        a = b = c = d = e = f = g = h = i = j = k = m = None  # noqa: F841
+        if n:
+            scrub(n - 1)
+
+    scrub(12)
     if __file__ != "mpota/__init__.py":
         for name in names:
             sys.modules.pop("mpota." + name, None)
@@ -81,87 +82,117 @@ def get_agent():
         from mpota.agent import Agent
         from mpota.state import State
 
-        _agent = Agent(cfg, hw, State(), _checks, _busy[0])
+        _agent = Agent(cfg, hw, State(), _checks, _hold[2])
     return _agent
+
+
+def drive(gen, agent=None):
+    """Run a step generator to its end and return its value: the blocking
+    driver (mpota.aio.drive is the asyncio one).  A step yields None (a
+    pause point: nothing to do here), an int (sleep that many ms) or
+    (0 | 1, sock) (wait until sock is readable | writable: only a
+    non-blocking socket asks; a wait longer than the download's stall_s is
+    thrown into the step as OSError ETIMEDOUT, as a blocking socket's
+    timeout would raise it)."""
+    exc = None
+    while True:
+        try:
+            want = gen.send(None) if exc is None else gen.throw(exc)
+        except StopIteration as e:
+            return e.value
+        exc = None
+        if want is None:
+            continue
+        if type(want) is int:
+            import time
+
+            time.sleep_ms(want)
+            continue
+        import select
+
+        p = select.poll()
+        p.register(want[1], select.POLLOUT if want[0] else select.POLLIN)
+        stall = agent.cfg["download"]["stall_s"] if agent else 10
+        if not p.poll(stall * 1000):
+            import errno
+
+            exc = OSError(errno.ETIMEDOUT)  # as a blocking socket's timeout
+
+
+def _failed(e, agent):
+    """The result of a call that raised e: printed and returned as
+    {"result": "FAILED" (or "RETRY_LATER"), "error": its code, "reason"}.  An
+    OTAError was recorded where it arose; any other exception is recorded
+    here as a FAILED result and reported (best effort)."""
+    from mpota.errors import OTAError
+
+    if isinstance(e, OTAError):
+        print("mpota: %s: %s" % (e.code, e))
+        return {"result": "RETRY_LATER" if e.retryable else "FAILED", "error": e.code,
+                "reason": str(e)}
+    name = e.__class__.__name__  # a fault nobody foresaw: the application keeps running
+    print("mpota: unexpected %s: %s" % (name, e))
+    if agent is not None:
+        try:
+            agent.outcome("unexpected", e)
+        except Exception as e2:  # the state file or flash itself fails: nothing left to do
+            print("mpota: could not record the failure: %s: %s"
+                  % (e2.__class__.__name__, e2))
+    return {"result": "FAILED", "error": name, "reason": str(e)}
 
 
 def _guard(fn, *args, uses=()):
     """fn(agent, *args), and nothing a server, a file or the network can cause
-    escapes into the application: an error is printed and returned as
-    {"result": "FAILED" (or "RETRY_LATER"), "error": its code, "reason"}.  An
-    OTAError was recorded where it arose; any other exception is recorded
-    here as a FAILED result and reported (best effort).  After the call the
-    connection is closed and the modules named in uses are dropped."""
-    from mpota.errors import OTAError
-
+    escapes into the application (_failed).  fn may be "module.function":
+    that mpota module is loaded for the call.  After the call the connection
+    is closed and the modules named in uses are dropped.  One call at a time:
+    while the asyncio agent is inside a round, a blocking call returns
+    RETRY_LATER "in-progress"."""
+    if _hold[3]:
+        return {"result": "RETRY_LATER", "error": "in-progress",
+                "reason": "another mpota call is running: try when it returns"}
     agent = None
+    _hold[3] = 1
+    if type(fn) is str:
+        module, fn = fn.split(".")
+        uses = (module, "health", "otadata", "repl", "policy", "wifi")
     try:
+        if type(fn) is str:
+            fn = getattr(__import__("mpota." + module, None, None, (fn,)), fn)
         agent = get_agent()
         return fn(agent, *args)
-    except OTAError as e:
-        print("mpota: %s: %s" % (e.code, e))
-        return {"result": "RETRY_LATER" if e.retryable else "FAILED", "error": e.code,
-                "reason": str(e)}
-    except Exception as e:  # a fault nobody foresaw: the application keeps running
-        name = e.__class__.__name__
-        print("mpota: unexpected %s: %s" % (name, e))
-        if agent is not None:
-            try:
-                agent.outcome("unexpected", e)
-            except Exception as e2:  # the state file or flash itself fails: nothing left to do
-                print("mpota: could not record the failure: %s: %s"
-                      % (e2.__class__.__name__, e2))
-        return {"result": "FAILED", "error": name, "reason": str(e)}
+    except Exception as e:
+        return _failed(e, agent)
     finally:
+        _hold[3] = 0
         if agent is not None:
             agent.close()  # the TLS session's buffers go back to the application
         drop(*uses)
 
 
-def _phase(module, fn, *args):
-    """Call module.fn(agent, *args) guarded; the module is loaded for the call."""
-    def run(a):
-        m = __import__("mpota." + module, None, None, (fn,))
-        return getattr(m, fn)(a, *args)
-
-    return _guard(run, uses=(module, "health", "otadata", "repl", "policy", "wifi"))
-
-
 def boot():
-    return _phase("health", "on_boot")
+    return _guard("health.on_boot")
 
 
 def probation():
-    return _phase("health", "run")
+    return _guard("health.run")
 
 
 def status():
-    return _phase("repl", "status")
+    return _guard("repl.status")
 
 
 def check():
-    return _phase("repl", "check")
+    return _guard("repl.check")
 
 
 def update(url_or_release=None):
     """Check (or take the release at a URL / an offer dict), download,
     verify, stage, and reboot when the policy allows."""
     def run(a):
-        a.want_block()  # the install's 4 KiB in one piece (Agent.want_block)
-        offer = url_or_release
-        source = "server"
-        if offer is None:
-            offer = a.check(skip_rejected=False)
-            if offer is None:
-                print("mpota: up to date")
-                return {"result": "UP_TO_DATE"}
-        elif isinstance(offer, str):
-            from mpota import repl
+        from mpota import repl
 
-            offer = repl.offer_from_url(a, offer)
-            drop("repl")
-            source = offer["payload_url"]  # probation checks that this host answers
-        return a.run_update(offer, source)
+        return drive(repl.update(a, url_or_release), a)
 
     return _guard(run, uses=("repl",))
 
@@ -171,22 +202,35 @@ def feed(_=None):
     watchdog_after_confirm "app" the application calls this (or feeds its
     own machine.WDT) at least every app_watchdog_ms once an update is
     confirmed; with "agent" a machine.Timer calls it.  See docs/watchdog.md."""
-    w = _wdt[0]
+    w = _hold[0]
     if w is not None:
         w.feed()
 
 
 def apply(force=False):
-    return _guard(lambda a: a.apply(force))
+    return _guard(lambda a: drive(a.apply(force), a))
 
 
 def poll():
-    return _guard(lambda a: a.poll(), uses=("health", "otadata", "wifi"))
+    return _guard(lambda a: drive(a.poll(), a), uses=("health", "otadata", "wifi"))
+
+
+# The asyncio agent: the same steps as the blocking calls above, run as an
+# asyncio task that lets the application's tasks run between blocks and
+# inside every long computation (mpota.aio, loaded on first use; it also
+# has poll(), update(url) and apply() as coroutines):
+#   asyncio.create_task(mpota.run(every=3600))
+
+
+def run(every=3600, jitter=0.1):
+    from mpota import aio
+
+    return aio.run(every, jitter)
 
 
 def confirm():
-    return _phase("repl", "confirm")
+    return _guard("repl.confirm")
 
 
 def rollback():
-    return _phase("repl", "rollback")
+    return _guard("repl.rollback")

@@ -4,13 +4,13 @@
 # (mpota.install); the verifier's own modules come and go inside it.
 import mpota
 from mpota import state
-from mpota.errors import OTAError, StateError
+from mpota.errors import BusyError, OTAError, StateError
 
 _BLOCK = const(4096)
 
 
 def _verify(agent, raw, sig, slot_size):
-    """The verification phase: the manifest (signature first), the device
+    """Steps: the verification phase: the manifest (signature first), the device
     facts and, if encrypted, the content key.  Returns (target, key):
     target is what the rest of the update needs (a dict, also the state's
     "target").  The verifier's modules are dropped after."""
@@ -18,10 +18,11 @@ def _verify(agent, raw, sig, slot_size):
         from mpota import verify
 
         _, code = agent.running_version()
-        f, key = verify.release(raw, sig, agent.cfg["trusted_pems"],
-                                (agent.cfg["board"], agent.cfg["chip_id"], code,
-                                 agent.security_floor(), slot_size, agent.now()),
-                                agent.hw.nvs())
+        r = verify.release(raw, sig, agent.cfg["trusted_pems"],
+                                           (agent.cfg["board"], agent.cfg["chip_id"], code,
+                                            agent.security_floor(), slot_size, agent.now()),
+                                           agent.hw.nvs())
+        f, key = (yield from r) if hasattr(r, "send") else r  # TEMP until verify is steps
         enc = f.get("encryption")
         return {"version": f["version"], "version_code": f["version_code"],
                 "security_counter": f["security_counter"], "sha256": f["sha256"],
@@ -33,7 +34,7 @@ def _verify(agent, raw, sig, slot_size):
 
 
 def begin(agent, raw, sig, url, claimed=None, source=None):
-    """Check a release before any byte of it is written, then move
+    """Steps: check a release before any byte of it is written, then move
     "begin" (no report: the server saw the offer).  Returns (slot,
     target, content key, bytes already written when the same release was
     interrupted).  claimed: the version_code the offer announced (a
@@ -44,7 +45,9 @@ def begin(agent, raw, sig, url, claimed=None, source=None):
     agent.block()  # before the verifier's modules come and go (fragmentation)
     agent.park()  # the connection stays open; mpota.http makes room for the verifier
     try:
-        target, key = _verify(agent, raw, sig, part.ioctl(4, 0) * part.ioctl(5, 0))
+        target, key = yield from _verify(agent, raw, sig, part.ioctl(4, 0) * part.ioctl(5, 0))
+    except BusyError:
+        raise  # the asyncio agent paused for a busy application: nothing was refused
     except Exception as e:  # whatever the release's bytes cause ends here
         err = e if isinstance(e, OTAError) else OTAError(
             "release unchecked: %s: %s" % (e.__class__.__name__, e))

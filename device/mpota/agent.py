@@ -28,6 +28,7 @@ class Agent:
         self._buf = None
         self._wanted = False
         self._net = None  # this call's network: "" usable, else why not (online())
+        self.nb = False  # non-blocking sockets: the asyncio agent (mpota.aio) is driving
 
     def block(self):
         """The one 4096-byte block buffer, taken when an install or a check
@@ -56,24 +57,29 @@ class Agent:
     # facts about this device
 
     def online(self, timeout_ms=0):
-        """"" when the server may be reachable, else why not.  With network
-        "agent" and wifi configured, a Wi-Fi station that is down is brought
-        up (once per call into the agent; close() leaves it as it was found
-        unless wifi.keep).  Otherwise the agent does not touch the network."""
+        """Steps: "" when the server may be reachable, else why not.  With
+        network "agent" and wifi configured, a Wi-Fi station that is down is
+        brought up (once per call into the agent; close() leaves it as it
+        was found unless wifi.keep).  Otherwise the agent does not touch the
+        network.  A call that starts with these steps waits for the station
+        without holding the application (client() then knows the answer)."""
         why = self._net
         if why is None:
             wifi = self.cfg.get("wifi")  # (absent from a hand-made config: unmanaged)
             why = ""
             if wifi and self.cfg["network"] == "agent":
                 try:
-                    why = self.hw.network_up(wifi, timeout_ms or wifi["timeout_s"] * 1000) or ""
+                    why = (yield from self.hw.network_up(
+                        wifi, timeout_ms or wifi["timeout_s"] * 1000)) or ""
                 finally:
                     mpota.drop("wifi")
             self._net = why
         return why
 
     def client(self):
-        why = self.online()
+        why = self._net
+        if why is None:
+            why = mpota.drive(self.online(), self)
         if why:
             err = OTAError(why, "wifi")  # the network may come back: try later
             err.retryable = True
@@ -88,7 +94,7 @@ class Agent:
             else:
                 d = self.cfg["download"]
                 self._client = http.Client(self.cfg["server"], self.cfg["cas"], d["stall_s"],
-                                           d["redirects"])
+                                           d["redirects"], self.nb)
         return self._client
 
     def park(self):
@@ -148,11 +154,12 @@ class Agent:
                 mpota.drop("wifi")
 
     def _link(self, fn, *args):
+        # steps: link.fn(self, *args), mpota.link loaded for the exchange
         link = self.link
         if link is None:
             from mpota import link
         try:
-            return getattr(link, fn)(self, *args)
+            return (yield from getattr(link, fn)(self, *args))
         finally:
             if self.link is None:
                 mpota.drop("link")
@@ -189,7 +196,10 @@ class Agent:
 
     def report(self, name, detail=None, target=None):
         """Tell the server about a state change; best effort (skipped when no
-        server is configured)."""
+        server is configured).  Blocking; reporting() is its steps."""
+        mpota.drive(self.reporting(name, detail, target), self)
+
+    def reporting(self, name, detail=None, target=None):
         if self.cfg["server"] is None:
             return
         version, code = self.running_version()
@@ -199,16 +209,17 @@ class Agent:
         if detail:
             body["detail"] = detail[:500]
         try:
-            self._link("report", body)
+            yield from self._link("report", body)
         except Exception as e:  # best effort: never hides the failure being reported
             print("mpota: report %s not sent: %s" % (name, e))
 
     def check(self, skip_rejected=True):
-        """Ask the server for an update: the offer (dict) or None.  Releases
-        that failed on this device before are skipped unless asked for."""
+        """Steps: ask the server for an update: the offer (dict) or None.
+        Releases that failed on this device before are skipped unless asked
+        for."""
         _, code = self.running_version()
         try:
-            offer = self._link("check", code)
+            offer = yield from self._link("check", code)
         except (MemoryError, OSError) as e:
             # only asking changed nothing: a transient fault means try later
             err = OTAError("update check: %s %s" % (e.__class__.__name__, e), "resource")
@@ -223,36 +234,6 @@ class Agent:
         return offer
 
     # installing
-
-    def install(self, offer, source="server"):
-        """Verify the offer's manifest (taken out of the offer), download
-        into the next slot and check it: STAGED.  Returns the target (dict);
-        raises an OTAError on failure.  source: "server" for an offer from the
-        mpota server, else the release's URL."""
-        claimed = offer.get("version_code")
-        try:
-            # taken out of the offer: their text is not kept through the download
-            raw = offer.pop("raw_manifest", None) or binascii.a2b_base64(offer.pop("manifest"))
-            sig = offer.pop("raw_signature", None) or binascii.a2b_base64(offer.pop("signature"))
-        except (ValueError, TypeError, KeyError) as e:
-            err = DownloadError("offer: manifest or signature not base64 (%s)" % e)
-            self.fail(err, "release refused", claimed)
-            raise err
-        from mpota import accept  # the verification phase
-
-        try:
-            part, target, key, written = accept.begin(self, raw, sig, offer["payload_url"],
-                                                      claimed, source)
-        finally:
-            mpota.drop("accept")
-        del raw, sig, offer
-        from mpota import install  # the download phase, the verifier gone
-
-        try:
-            install.download(self, part, target, written, key)
-        finally:
-            mpota.drop("install", "slot")
-        return target
 
     # failures: recorded by mpota.outcome (fail, interrupted, unexpected),
     # loaded when one happens
@@ -272,17 +253,18 @@ class Agent:
     # applying
 
     def apply(self, force=False):
-        """Reboot into the staged image when the policy allows it (force
-        overrides all but a busy application)."""
+        """Steps: reboot into the staged image when the policy allows it
+        (force overrides all but a busy application)."""
         from mpota import reboot
 
         try:
-            return reboot.apply(self, force)
+            return (yield from reboot.apply(self, force))
         finally:
             mpota.drop("reboot", "policy", "slot")
 
     def poll(self):
-        """One step of background work: probation, apply, or check and update."""
+        """Steps of one round of background work: probation, apply, or check
+        and update."""
         name = self.st.name
         if name == state.PROBATION:
             from mpota import health
@@ -290,24 +272,51 @@ class Agent:
             return health.run(self)
         if name == state.STAGED:
             try:
-                self.apply()
+                yield from self.apply()
             except BusyError as e:
                 print("mpota: %s" % e)
                 return "WAITING"
             return "REBOOTING"
         self.want_block()  # before the check fragments the heap (see want_block)
-        offer = self.check()
+        yield from self.online()  # (client() then knows the answer)
+        offer = yield from self.check()
         if offer is None:
             return "UP_TO_DATE"
-        return self.run_update(offer)
+        return (yield from self.run_update(offer))
 
     def run_update(self, offer, source="server"):
-        """install + apply as the policy says; returns a short result dict."""
-        target = self.install(offer, source)
+        """Steps: verify the offer's manifest (taken out of the offer),
+        download into the next slot and check it (STAGED), and apply as the
+        policy says; returns a short result dict; raises an OTAError on
+        failure.  source: "server" for an offer from the mpota server, else
+        the release's URL."""
+        claimed = offer.get("version_code")
+        try:
+            # taken out of the offer: their text is not kept through the download
+            raw = offer.pop("raw_manifest", None) or binascii.a2b_base64(offer.pop("manifest"))
+            sig = offer.pop("raw_signature", None) or binascii.a2b_base64(offer.pop("signature"))
+        except (ValueError, TypeError, KeyError) as e:
+            err = DownloadError("offer: manifest or signature not base64 (%s)" % e)
+            self.fail(err, "release refused", claimed)
+            raise err
+        from mpota import accept  # the verification phase
+
+        try:
+            part, target, key, written = yield from accept.begin(
+                self, raw, sig, offer["payload_url"], claimed, source)
+        finally:
+            mpota.drop("accept")
+        del raw, sig, offer
+        from mpota import install  # the download phase, the verifier gone
+
+        try:
+            yield from install.download(self, part, target, written, key)
+        finally:
+            mpota.drop("install", "slot")
         if not self.cfg["policy"]["auto_apply"]:
             return {"result": "STAGED", "version": target["version"], "apply": "mpota.apply()"}
         try:
-            self.apply()
+            yield from self.apply()
         except BusyError as e:
             return {"result": "STAGED", "version": target["version"], "waiting": str(e)}
         return {"result": "REBOOTING", "version": target["version"]}

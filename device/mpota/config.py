@@ -40,7 +40,8 @@ _WIFI = {"ssid": (str, REQUIRED), "key": (str, None), "timeout_s": (int, 15),
          "keep": (bool, False)}
 _DOWNLOAD = {"window": (int, 65536), "save_ms": (int, 1000), "retries": (int, 8),
              "stall_s": (int, 10), "backoff_ms": (int, 500), "backoff_max_ms": (int, 30000),
-             "redirects": (int, 3)}
+             "redirects": (int, 3), "max_rate": (int, 0), "duty_pct": (int, 100),
+             "busy_wait_s": (int, 60)}
 
 
 def _fill(where, data, table):
@@ -117,8 +118,12 @@ def parse(data, where=PATH):
     elif cfg["app_watchdog_ms"] < 1000:
         raise ConfigError("%s: app_watchdog_ms %d is too short (min 1000)"
                           % (where, cfg["app_watchdog_ms"]))
-    if cfg["download"]["window"] < 4096 or cfg["download"]["window"] % 4096:
+    d = cfg["download"]
+    if d["window"] < 4096 or d["window"] % 4096:
         raise ConfigError("%s: download.window must be a multiple of 4096" % where)
+    if d["max_rate"] < 0 or not 0 < d["duty_pct"] <= 100:
+        raise ConfigError("%s: download.max_rate must be >= 0 (bytes/s, 0: no cap) and "
+                          "download.duty_pct 1..100" % where)
     return cfg
 
 

@@ -5,6 +5,8 @@
 # write); after a drop, reconnect with exponential backoff and jitter and go
 # on from the last whole block with one new request.  Never reads past the
 # payload's size.  Only retryable errors (drops, stalls, 5xx) are retried.
+# opts["max_rate"] (bytes per second, 0: none) caps the download's average
+# rate, block by block, so the application's own traffic keeps its share.
 import gc
 import os
 import time
@@ -12,17 +14,19 @@ import time
 from mpota.errors import DownloadError, OTAError, TransportError
 
 
-def download(client, url, writer, opts, progress=None, sleep_ms=time.sleep_ms, feed=None,
-             ticks_ms=time.ticks_ms):
-    """Fill writer (already resumed at its offset) from url; opts is the
-    config's "download" section.  feed() (the watchdog) runs every window
-    in which progress does not.  ticks_ms: the clock (a fake in tests)."""
+def download(client, url, writer, opts, progress=None, feed=None, ticks_ms=time.ticks_ms):
+    """Steps (mpota.drive): fill writer (already resumed at its offset) from
+    url; opts is the config's "download" section.  feed() (the watchdog)
+    runs every window in which progress does not.  ticks_ms: the clock (a
+    fake in tests)."""
     size = writer.total
     every = opts["window"]
     gap = opts.get("save_ms", 1000)
     saved = writer.committed  # as the caller saved it
     t = ticks_ms()
     failures = 0
+    rate = opts.get("max_rate", 0)
+    t0, base = time.ticks_ms(), writer.offset  # the rate cap's reference
     # no gc.collect() here: the check's connection carries the payload request
     # (a new connection collects first: mpota.http, and the retry below)
     while writer.offset < size:
@@ -30,7 +34,7 @@ def download(client, url, writer, opts, progress=None, sleep_ms=time.sleep_ms, f
         start = writer.offset - pre
         mark = writer.committed
         try:
-            r = client.request("GET", url, {"Range": "bytes=%d-" % start})
+            r = yield from client.request("GET", url, {"Range": "bytes=%d-" % start})
             if r.status == 206:
                 # the payload bytes from start (fewer than asked is allowed: the
                 # rest is asked for next); anything else is refused
@@ -51,7 +55,7 @@ def download(client, url, writer, opts, progress=None, sleep_ms=time.sleep_ms, f
                 if r.length not in (None, size):
                     raise DownloadError("server sends %d bytes, the manifest says %d (%s)"
                                         % (r.length, size, r.url()))
-                writer.skip(r, start)
+                yield from writer.skip(r, start)
                 n = size - start
             else:
                 client.expect(r, 206)
@@ -60,6 +64,9 @@ def download(client, url, writer, opts, progress=None, sleep_ms=time.sleep_ms, f
                 got = 0
                 while got < pre:
                     k = r.readinto(memoryview(iv)[got:])
+                    if k is None:
+                        yield from r.wait()
+                        continue
                     if not k:
                         raise TransportError("%s ended before the CBC IV" % r.url())
                     got += k
@@ -67,7 +74,16 @@ def download(client, url, writer, opts, progress=None, sleep_ms=time.sleep_ms, f
                 n -= pre
             end = writer.offset + n
             while writer.offset < end:
-                writer.pull(r, min(every - writer.offset % every, end - writer.offset))
+                # a block at a time: the step yields after each, the rate cap paces each
+                yield from writer.pull(r, min(4096 - writer.offset % 4096,
+                                              every - writer.offset % every, end - writer.offset))
+                if rate:
+                    ahead = (writer.offset - base) * 1000 // rate - time.ticks_diff(
+                        time.ticks_ms(), t0)
+                    if ahead > 0:
+                        yield ahead
+                if writer.offset % every and writer.offset < end:
+                    continue  # inside a window
                 now = ticks_ms()
                 if progress and (writer.offset == size or (writer.committed - saved >= every
                                  and time.ticks_diff(now, t) >= gap)):
@@ -78,7 +94,7 @@ def download(client, url, writer, opts, progress=None, sleep_ms=time.sleep_ms, f
             failures = 0
         except OTAError as e:
             client.close()
-            if not e.retryable:
+            if not e.retryable or e.code == "busy":  # busy: the asyncio agent pauses the round
                 raise
             writer.drop_partial()
             if progress and writer.committed > saved:
@@ -98,4 +114,4 @@ def download(client, url, writer, opts, progress=None, sleep_ms=time.sleep_ms, f
             if feed:
                 feed()
             gc.collect()  # the old connection's buffers, before the next handshake
-            sleep_ms(delay)
+            yield delay

@@ -7,6 +7,7 @@
 #                              "agent")
 # main.py:  mpota.probation()  runs the health checks, then confirms the
 #                              image or resets so the bootloader rolls back
+import mpota
 from mpota import state
 
 _PENDING_VERIFY = const(1)  # otadata.PENDING_VERIFY
@@ -74,13 +75,13 @@ def _source_reachable(agent, target):
         if source.startswith("https://"):
             c = agent.client()
             try:
-                c.request("GET", source, {"Range": "bytes=0-0"})
+                mpota.drive(c.request("GET", source, {"Range": "bytes=0-0"}), agent)
             finally:
                 c.close()
             return None
         if agent.cfg["server"] is None:
             return None  # pushed over serial, and no server: nothing to reach
-        agent.check()
+        mpota.drive(agent.check(), agent)
         return None
     except Exception as e:  # any failure to reach the source is a failed check
         where = source if source.startswith("https://") else agent.cfg["server"]
@@ -94,7 +95,8 @@ def _checks(agent, target):
     if cfg["network"]:
         try:
             # the agent brings Wi-Fi up if it manages it, else only looks at it
-            why = agent.online(cfg["timeout_s"] * 1000) or hw.network_up()
+            why = mpota.drive(agent.online(cfg["timeout_s"] * 1000), agent) or \
+                mpota.drive(hw.network_up())
             if why:
                 failures.append("network is down (%s)" % why)
         except Exception as e:  # the network stack itself failed: the check failed

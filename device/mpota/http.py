@@ -2,8 +2,15 @@
 # name (micropython-lib's requests turns certificate checks off).
 #
 #   c = Client("https://updates.example.com", ca.certs(pem))   # base URL may be None
-#   r = c.expect(c.request("GET", "/v1/update?x", {"Authorization": "..."}), 200)
-#   data = r.read_all(8192)   # a bytearray (json.loads takes it)
+#   r = c.expect((yield from c.request("GET", "/v1/update?x", {"Authorization": "..."})), 200)
+#   data = yield from r.read_all(8192)   # a bytearray (json.loads takes it)
+#
+# request() and read_all() are step generators (mpota.drive runs them; the
+# asyncio agent, mpota.aio, too): with nb=True the socket is non-blocking,
+# the TLS handshake runs inside the first write, and where the socket has
+# nothing yet they yield (0, sock) (wait until readable) or (1, sock)
+# (writable); readinto() then returns None.  With nb=False (the blocking
+# API) the socket blocks with a stall timeout and nothing waits in Python.
 #
 # The client is also the response to its last request (status, length,
 # range: the Content-Range text or None, readinto, read_all): nothing is
@@ -99,15 +106,17 @@ def split_url(url, w=None):
 def unpark(state):
     """A Client on the connection Client.park() kept."""
     c = Client(None, ())
-    c.s, c.base, c.cas, c.stall, c.hops, c.keep, c.moved, c.where, c.left = state
+    c.s, c.base, c.cas, c.stall, c.hops, c.keep, c.moved, c.where, c.left, c.nb = state
     return c
 
 
 class Client:
-    def __init__(self, url, cas, stall=10, hops=3):
+    def __init__(self, url, cas, stall=10, hops=3, nb=False):
         """url: the mpota server (None: absolute https:// targets only);
         cas: the DER certificates to trust (mpota.ca.certs), or one DER;
-        stall: seconds without data; hops: the redirects followed."""
+        stall: seconds without data; hops: the redirects followed; nb:
+        non-blocking sockets (the asyncio agent)."""
+        self.nb = nb
         self.base = None
         if url:
             w = split_url(url)
@@ -116,6 +125,8 @@ class Client:
         self.stall = stall
         self.hops = hops
         self.s = None  # the socket, open to where's host
+        self.raw = None  # its TCP socket until a non-blocking handshake is done (a failed
+        # one lets go of it unclosed: MicroPython's tls)
         self.keep = False  # the open connection may carry another request
         self.moved = None  # (target, where): a GET redirect kept for the next requests
         # the response to the last request
@@ -127,19 +138,20 @@ class Client:
         self.where = None  # (host, port, path) it came from
 
     def close(self):
-        if self.s is not None:
-            try:
-                self.s.close()
-            except OSError:
-                pass  # already broken: closing is best effort
-        self.s = None
+        for s in (self.s, self.raw):
+            if s is not None:
+                try:
+                    s.close()
+                except OSError:
+                    pass  # already broken: closing is best effort
+        self.s = self.raw = None
 
     def park(self):
         """The open connection's state without the class (socket first): the
         agent keeps it while mpota.http is dropped for the verifier's room,
         and unpark() puts it back in a Client that reuses the connection."""
         return (self.s, self.base, self.cas, self.stall, self.hops, self.keep, self.moved,
-                self.where, self.left)
+                self.where, self.left, self.nb)
 
     def url(self, w=None):
         """The URL of the last request (or of w), for a message."""
@@ -169,10 +181,30 @@ class Client:
                 raw = socket.socket()  # closed on every failure: an ESP32 has few sockets
                 what = "cannot connect to"
                 try:
-                    raw.settimeout(self.stall)
-                    raw.connect(socket.getaddrinfo(w[0], w[1])[0][-1])
+                    try:
+                        # TCP_NODELAY: else the handshake's last flight waits ~40 ms
+                        # for the server's delayed ACK (Nagle)
+                        raw.setsockopt(6, 1, 1)
+                    except (OSError, AttributeError):
+                        pass  # a stack without the option: only slower
+                    addr = socket.getaddrinfo(w[0], w[1])[0][-1]  # (a blocking lookup)
+                    if self.nb:
+                        raw.setblocking(False)
+                        try:
+                            raw.connect(addr)
+                        except OSError as e:
+                            if e.args[0] not in (115, 119):  # EINPROGRESS: unix, lwIP
+                                raise
+                            yield (1, raw)
+                    else:
+                        raw.settimeout(self.stall)
+                        raw.connect(addr)
                     what = "TLS handshake failed with"
-                    self.s = s = ctx.wrap_socket(raw, server_hostname=w[0])
+                    # non-blocking: the handshake runs in the request's write below
+                    self.s = s = ctx.wrap_socket(raw, server_hostname=w[0],
+                                                 do_handshake_on_connect=not self.nb)
+                    if self.nb:
+                        self.raw = raw
                 except ValueError as e:  # mbedTLS: the certificate check failed
                     raw.close()
                     raise TLSError("%s is not trusted: %s"
@@ -190,9 +222,19 @@ class Client:
             if body is not None:
                 head += "Content-Length: %d\r\n" % len(body)
             head = (head + "\r\n").encode()
+            sent = False
             try:
-                s.write(head + body if body else head)
+                mv = memoryview(head + body if body else head)
                 del head
+                while mv:
+                    n = s.write(mv)
+                    if n is None:  # non-blocking: no room yet (or the handshake waits)
+                        yield (1, s)
+                    else:
+                        mv = mv[n:]
+                del mv
+                sent = True
+                self.raw = None
                 # the head, read in pieces of at most _LINE bytes, _HEAD in all;
                 # h keeps the status line (at -1) and the headers the client
                 # reads (at their position in the string above); at 0: a line not kept
@@ -203,6 +245,9 @@ class Client:
                 try:
                     while True:
                         line = s.readline(_LINE)
+                        if line is None:  # non-blocking: nothing yet
+                            yield (0, s)
+                            continue
                         if not line:
                             raise TransportError("%s closed before answering" % self.url())
                         budget -= len(line)
@@ -249,8 +294,15 @@ class Client:
                 self.close()  # the stream is somewhere inside a response
                 if not (reused and e.retryable):
                     raise
+            except ValueError as e:  # the deferred handshake's certificate check (nb)
+                self.close()
+                raise TLSError("%s is not trusted: %s" % (hp, str(e).strip().replace("\n", "; ")))
             except OSError as e:
                 self.close()
+                if self.nb and not (reused or sent):  # the connect, or the handshake in the write
+                    raise TransportError("%s %s: %s" % (
+                        "cannot connect to" if e.args and e.args[0] in (111, 113, 118) else what,
+                        hp, e.args[1] if len(e.args) > 1 else e))
                 if not reused:
                     raise TransportError("%s broke: %s" % (self.url(), e))
             except MemoryError:
@@ -259,7 +311,8 @@ class Client:
             # the server had closed the idle kept-alive connection: once more, fresh
 
     def readinto(self, mv):
-        """Read body bytes into mv (never past Content-Length); 0 at the end."""
+        """Read body bytes into mv (never past Content-Length); 0 at the end,
+        None when a non-blocking socket has nothing yet."""
         left = self.left
         if left is not None:
             if left == 0:
@@ -270,6 +323,8 @@ class Client:
             n = self.s.readinto(mv)
         except (OSError, AttributeError) as e:  # AttributeError: closed
             raise TransportError("%s broke: %s" % (self.url(), e))
+        if n is None:  # non-blocking: nothing yet (yield from wait(), then call again)
+            return None
         if not n:
             if left:
                 raise TransportError("%s closed %d bytes early" % (self.url(), left))
@@ -278,6 +333,14 @@ class Client:
         if left is not None:
             self.left = left - n
         return n
+
+    def wait(self):
+        """Steps: until the socket has bytes again (readinto() returned None);
+        a stall (the driver throws ETIMEDOUT) is a TransportError."""
+        try:
+            yield (0, self.s)
+        except OSError as e:
+            raise TransportError("%s broke: %s" % (self.url(), e))
 
     def read_all(self, limit):
         """The whole body as a bytearray (read in place: no copy), refusing
@@ -291,6 +354,9 @@ class Client:
         got = 0
         while got < len(body):
             k = self.readinto(mv[got:])
+            if k is None:
+                yield from self.wait()
+                continue
             if not k:
                 break
             got += k
@@ -315,7 +381,9 @@ class Client:
             mv = memoryview(bytearray(128))
             try:
                 while self.left:
-                    self.readinto(mv)
+                    if self.readinto(mv) is None:
+                        self.close()  # not there yet: not worth a wait
+                        break
             except TransportError:
                 self.close()
         if not ok:
@@ -339,7 +407,7 @@ class Client:
         n = 0  # redirects followed
         while True:
             try:
-                self._send(method, w, headers, body)
+                yield from self._send(method, w, headers, body)
             except TransportError:
                 if w is m:  # the target does not answer: the original URL may send
                     self.moved = None  # elsewhere next time (a drop in a body keeps it)

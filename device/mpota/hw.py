@@ -53,16 +53,16 @@ class Hardware:
         # The hardware WDT cannot be stopped; asking again reconfigures it.
         # Held by mpota (with the Timer that feeds it), not by this object:
         # mpota.feed() needs nothing else resident.
-        w = mpota._wdt[0] = machine.WDT(0, timeout_ms)
+        w = mpota._hold[0] = machine.WDT(0, timeout_ms)
         return w
 
     def keep_fed(self, period_ms):
         """Feed the watchdog every period_ms from machine.Timer(-1): a virtual
         timer (esp_timer) where the port has them, else hardware timer 3
         (1 on the C3; docs/watchdog.md).  The callback is mpota.feed."""
-        t = mpota._wdt[1]
+        t = mpota._hold[1]
         if t is None:
-            t = mpota._wdt[1] = machine.Timer(-1)
+            t = mpota._hold[1] = machine.Timer(-1)
         t.init(period=period_ms, callback=mpota.feed)
 
     def feed(self):
@@ -76,14 +76,15 @@ class Hardware:
         return esp32.NVS("mpota")
 
     def network_up(self, wifi=None, timeout_ms=15000):
-        """None when the Wi-Fi station is connected, else why not (one
-        line).  With wifi ({"ssid", "key"}) a station that is down is brought
-        up and waited for, the watchdog fed (mpota.wifi: the caller drops it;
-        mpota.wifi.restore puts the station back as it was found)."""
+        """Steps (mpota.drive): None when the Wi-Fi station is connected,
+        else why not (one line).  With wifi ({"ssid", "key"}) a station that
+        is down is brought up and waited for, the watchdog fed (mpota.wifi:
+        the caller drops it; mpota.wifi.restore puts the station back as it
+        was found)."""
         import network
 
         if network.WLAN(network.STA_IF).isconnected():
             return None
         from mpota import wifi as w
 
-        return w.up(self, wifi, timeout_ms)
+        return (yield from w.up(self, wifi, timeout_ms))

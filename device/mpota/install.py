@@ -23,52 +23,50 @@ def writer(agent, part, target, written, key):
 
 
 def staged(agent, target):
-    """Move "staged" and report it; a resume (after a reset or an
+    """Steps: move "staged" and report it; a resume (after a reset or an
     interrupted download) is told in the report's detail."""
     agent.st.move("staged", written=target["payload_size"], staged_at=time.time())
     at = target.get("resumed_at")
-    agent.report("STAGED", "resumed at byte %d" % at if at else None, target["version_code"])
+    yield from agent.reporting("STAGED", "resumed at byte %d" % at if at else None,
+                               target["version_code"])
     print("mpota: %s staged in %s" % (target["version"], target["slot"]))
 
 
 def download(agent, part, target, written, key):
-    """Fill the slot from written on, read it back, move "staged".  A
+    """Steps: fill the slot from written on, read it back, move "staged".  A
     retryable failure is recorded as interrupted (resumed by the next
     poll), any other as failed; both are raised."""
+    from mpota import fetch  # first: its code finds the heap in one piece
+
+    st, feed = agent.st, agent.hw.feed
     try:
-        _pull(agent, part, target, written, key)
+        w = writer(agent, part, target, written, key)
+        total = target["payload_size"]
+        shown = [written * 10 // total]
+
+        def progress(committed):
+            # the end is not saved: staged() saves after the read-back, and a
+            # reset during the read-back resumes from the last save
+            if committed < total:
+                st.move("progress", written=committed)
+            feed()
+            tenth = committed * 10 // total
+            if tenth > shown[0]:
+                shown[0] = tenth
+                print("mpota: downloaded %d%%" % (tenth * 10))
+
+        try:
+            yield from fetch.download(agent.client(), target["url"], w, agent.cfg["download"],
+                                      progress, feed)
+        finally:
+            del fetch
+            mpota.drop("fetch")
+        # the connection stays open: the STAGED report goes over it
+        yield from w.check(target["sha256"], feed)
     except OTAError as e:
         if e.retryable:
             agent.outcome("interrupted", e)  # resumed on the next poll
         else:
             agent.fail(e, "download stopped")
         raise
-    staged(agent, target)
-
-
-def _pull(agent, part, target, written, key):
-    st, feed = agent.st, agent.hw.feed
-    w = writer(agent, part, target, written, key)
-    total = target["payload_size"]
-    shown = [written * 10 // total]
-
-    def progress(committed):
-        # the end is not saved: staged() saves after the read-back, and a
-        # reset during the read-back resumes from the last save
-        if committed < total:
-            st.move("progress", written=committed)
-        feed()
-        tenth = committed * 10 // total
-        if tenth > shown[0]:
-            shown[0] = tenth
-            print("mpota: downloaded %d%%" % (tenth * 10))
-
-    from mpota import fetch
-
-    try:
-        fetch.download(agent.client(), target["url"], w, agent.cfg["download"], progress,
-                       feed=feed)
-    finally:
-        mpota.drop("fetch")
-    # the connection stays open: the STAGED report goes over it
-    w.check(target["sha256"], feed)
+    yield from staged(agent, target)

@@ -19,14 +19,14 @@ def _auth(agent):
 
 
 def check(agent, code):
-    """The server's answer for this board at version_code code: an offer
+    """Steps: the server's answer for this board at version_code code: an offer
     dict with "update" (bool) and, when true, "manifest", "signature" (base64)
     and "payload_url"."""
     auth = _auth(agent)
     c = agent.client()
     agent.lend_block(c)
-    r = c.expect(c.request("GET", "/v1/update?board=%s&version_code=%d"
-                           % (agent.cfg["board"], code), auth), 200)
+    r = c.expect((yield from c.request("GET", "/v1/update?board=%s&version_code=%d"
+                                       % (agent.cfg["board"], code), auth)), 200)
     n = r.length
     # an offer (not a short "no update") is read into the install's block
     # buffer when an install may follow (taken back after a TLS handshake)
@@ -36,12 +36,15 @@ def check(agent, code):
             got = 0
             while got < n:  # read into the buffer and parse it there: no copy
                 k = r.readinto(buf[got:n])
+                if k is None:
+                    yield from r.wait()
+                    continue
                 if not k:
                     raise TransportError("update check: answer cut short")
                 got += k
             offer = json.loads(buf[:n])
         else:
-            offer = json.loads(r.read_all(_OFFER_LIMIT))
+            offer = json.loads((yield from r.read_all(_OFFER_LIMIT)))
     except ValueError:
         raise DownloadError("update check: answer is not JSON")
     if type(offer) is not dict or type(offer.get("update")) is not bool:
@@ -54,8 +57,9 @@ def check(agent, code):
 
 
 def report(agent, body):
-    """POST the state report body (a dict) to the server."""
+    """Steps: POST the state report body (a dict) to the server."""
     h = _auth(agent)
     h["Content-Type"] = "application/json"
     c = agent.client()
-    c.expect(c.request("POST", "/v1/report", h, json.dumps(body).encode()), 200).read_all(1024)
+    c.expect((yield from c.request("POST", "/v1/report", h, json.dumps(body).encode())), 200)
+    yield from c.read_all(1024)

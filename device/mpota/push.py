@@ -34,7 +34,8 @@ def begin(manifest_b64, signature_b64):
 
     try:
         # refusals are recorded by begin
-        part, target, key, written = accept.begin(agent, raw, sig, "push:serial")
+        part, target, key, written = mpota.drive(accept.begin(agent, raw, sig, "push:serial"),
+                                                 agent)
     finally:
         mpota.drop("accept")
     _session.clear()
@@ -80,7 +81,7 @@ def chunk(offset, data_b64):
         writer.set_iv(data[:pre])
         data = data[pre:]
     try:
-        writer.pull(_Bytes(data), len(data))
+        mpota.drive(writer.pull(_Bytes(data), len(data)))
     except ImageError as e:  # not an app image, or more bytes than the manifest says
         _session["agent"].fail(e, "pushed image refused")
         _session.clear()
@@ -97,14 +98,14 @@ def finish():
         raise StateError("no push in progress: call begin() first")
     agent, target = _session["agent"], _session["target"]
     try:
-        writer.check(target["sha256"], agent.hw.feed)
+        mpota.drive(writer.check(target["sha256"], agent.hw.feed))
     except OTAError as e:
         agent.fail(e, "pushed image failed its check")
         _session.clear()
         raise
     from mpota import install
 
-    install.staged(agent, target)
+    mpota.drive(install.staged(agent, target), agent)
     _session.clear()
     mpota.drop("install", "slot")
     return "STAGED"

@@ -22,7 +22,7 @@ def may_reboot(agent):
 
 
 def apply(agent, force=False):
-    """Reboot into the staged image when the policy allows it (force
+    """Steps: reboot into the staged image when the policy allows it (force
     overrides all but a busy application)."""
     st = agent.st
     if not st.can("apply"):
@@ -41,8 +41,8 @@ def apply(agent, force=False):
     try:
         # the image waited in flash: check it again, then let the bootloader have it
         try:
-            slot.check_slot(part, target["size"], target["sha256"], agent.block(),
-                            agent.hw.feed)
+            yield from slot.check_slot(part, target["size"], target["sha256"], agent.block(),
+                                       agent.hw.feed)
         finally:
             del slot
             mpota.drop("slot")
@@ -52,11 +52,12 @@ def apply(agent, force=False):
             raise ImageError("bootloader refused the image in %s (%s): not an app for "
                              "chip_id %d" % (label, e, agent.cfg["chip_id"]))
     except OTAError as e:
-        agent.fail(e, "staged image failed its final check")
+        if e.code != "busy":  # (busy: the asyncio agent paused; the image stays staged)
+            agent.fail(e, "staged image failed its final check")
         raise
     agent.free_block()
     st.move("apply")
-    agent.report("REBOOTING", None, target["version_code"])
+    yield from agent.reporting("REBOOTING", None, target["version_code"])
     agent.close()
     print("mpota: rebooting into %s" % target["version"])
     agent.hw.reset()

@@ -1,5 +1,6 @@
 # The technician's REPL commands that are not part of the update path.
-# Loaded for the call and dropped after (mpota._phase).
+# Loaded for the call and dropped after (mpota._guard).
+import mpota
 from mpota.errors import BusyError, StateError
 
 _PENDING_VERIFY = const(1)  # otadata.PENDING_VERIFY
@@ -38,7 +39,7 @@ def status(agent):
 
 def check(agent):
     """Ask the server; the offer (dict) or None, printed."""
-    offer = agent.check()
+    offer = mpota.drive(agent.check(), agent)
     if offer is None:
         print("mpota: up to date")
         return None
@@ -120,7 +121,7 @@ def _flashed_slot(part):
 
 
 def offer_from_url(agent, base):
-    """An offer for a release directory served at base (manifest.json,
+    """Steps: an offer for a release directory served at base (manifest.json,
     manifest.sig, payload), e.g. a CDN or a technician's laptop; base may
     also be the URL of the release's manifest.json."""
     if base.endswith("/manifest.json"):
@@ -130,8 +131,24 @@ def offer_from_url(agent, base):
     agent.lend_block(c)  # begin() takes it back
     parts = []
     for name, limit in (("manifest.json", _MAX_MANIFEST), ("manifest.sig", 64)):
-        r = c.expect(c.request("GET", base + name), 200)
-        parts.append(r.read_all(limit))
+        r = c.expect((yield from c.request("GET", base + name)), 200)
+        parts.append((yield from r.read_all(limit)))
     return {"update": True, "raw_manifest": parts[0], "raw_signature": parts[1],
             "payload_url": base + "payload"}
 
+
+def update(agent, offer=None):
+    """Steps of mpota.update(): check (or take the release at a URL / an
+    offer dict), download, verify, stage, and apply as the policy says."""
+    agent.want_block()  # the install's 4 KiB in one piece (Agent.want_block)
+    source = "server"
+    yield from agent.online()  # (agent.client() then knows the answer)
+    if offer is None:
+        offer = yield from agent.check(skip_rejected=False)
+        if offer is None:
+            print("mpota: up to date")
+            return {"result": "UP_TO_DATE"}
+    elif isinstance(offer, str):
+        offer = yield from offer_from_url(agent, offer)
+        source = offer["payload_url"]  # probation checks that this host answers
+    return (yield from agent.run_update(offer, source))

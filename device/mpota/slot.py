@@ -96,39 +96,49 @@ class SlotWriter:
         self.fill = 0
 
     def pull(self, response, count):
-        """Move count bytes from response into the slot."""
+        """Steps (mpota.drive): move count bytes from response (readinto:
+        None when nothing is there yet, see mpota.http) into the slot; a
+        pause point after each block written."""
         if self.offset + count > self.total:
             raise ImageError("refusing data past the payload's %d bytes" % self.total)
         while count:
             want = min(BLOCK - self.fill, count)
             n = response.readinto(self.buf[self.fill:self.fill + want])
+            if n is None:
+                yield from response.wait()
+                continue
             if not n:
                 raise TransportError("the server stopped sending %d bytes early" % count)
             self.fill += n
             count -= n
             if self.fill == BLOCK or self.offset == self.total:
                 self._flush()
+                yield
 
     def skip(self, response, count):
-        """Read and drop count bytes (a server that ignored our Range)."""
+        """Steps: read and drop count bytes (a server that ignored our Range)."""
         while count:
             n = response.readinto(self.buf[:min(BLOCK, count)])
+            if n is None:
+                yield from response.wait()
+                continue
             if not n:
                 raise TransportError("the server stopped sending while skipping")
             count -= n
         self.fill = 0
 
     def check(self, expected_hex, feed=None):
-        """The SHA-256 of the image read back from the slot must be the
+        """Steps: the SHA-256 of the image read back from the slot must be the
         manifest's; raises ImageError otherwise (the slot invalidated)."""
         if self.offset != self.total:
             raise ImageError("only %d of %d bytes were written" % (self.offset, self.total))
-        check_slot(self.part, self.size, expected_hex, self.buf, feed)
+        yield from check_slot(self.part, self.size, expected_hex, self.buf, feed)
 
 
 def check_slot(part, size, expected_hex, buf, feed=None):
-    """Read the first size bytes of the slot back and compare their SHA-256;
-    a slot that fails is invalidated before ImageError is raised."""
+    """Steps: read the first size bytes of the slot back and compare their
+    SHA-256 (a pause point after each block); a slot that fails is
+    invalidated before ImageError is raised."""
     sha = hashlib.sha256()
     left = size
     block = 0
@@ -139,6 +149,7 @@ def check_slot(part, size, expected_hex, buf, feed=None):
         block += 1
         if feed:
             feed()
+        yield
     readback = binascii.hexlify(sha.digest()).decode()
     if readback != expected_hex:
         invalidate(part, buf)

@@ -13,6 +13,8 @@ _BELIEVE_MS = const(4000)
 
 
 def up(hw, wifi, timeout_ms):
+    # steps: the station is polled every 100 ms (yielded: the asyncio agent
+    # lets the application run meanwhile)
     wlan = network.WLAN(network.STA_IF)
     if wlan.isconnected():
         return None
@@ -36,7 +38,7 @@ def up(hw, wifi, timeout_ms):
                 return "no connection to %r after %d s (status %d)" % (
                     ssid, timeout_ms // 1000, status)
             hw.feed()
-            time.sleep_ms(100)
+            yield 100
     except OSError as e:  # the Wi-Fi driver itself failed
         return "Wi-Fi driver error %s" % e
     return None

@@ -110,6 +110,10 @@ def main(hold_heap):
     os.chdir(board.sim_dir + "/fs")
     sys.path[:] = ["", "lib"] + sys.path
     hold_heap()
+    if os.getenv("MPOTA_SIM_DRIVER") == "asyncio":
+        import simdriver
+
+        simdriver.install()
     ns = {"__name__": "__main__"}
     if os.getenv("MPOTA_SIM_SERIAL"):
         # from here on Ctrl-C interrupts Python code (the bootloader cannot be)

@@ -130,6 +130,10 @@ def main():
         os.chdir(board.sim_dir + "/fs")
         sys.path[:] = ["", "lib"] + sys.path
         hold_heap()
+        if os.getenv("MPOTA_SIM_DRIVER") == "asyncio":
+            import simdriver
+
+            simdriver.install()
         run_script(target, {"__name__": "__main__"})
     else:
         __import__(target).main(hold_heap)

@@ -61,11 +61,14 @@ class Link:
         self.offer = offer or {"update": False}
         self.asked = []
         self.reports = []
+    # (step generators, as mpota.link's: nothing to wait for here)
     def check(self, agent, code):
         self.asked.append(code)
         return dict(self.offer)
+        yield
     def report(self, agent, body):
         self.reports.append(body)
+        yield
 
 class Counting(state.State):
     saves = 0
@@ -104,10 +107,10 @@ def test_check_passes_the_running_version_and_skips_rejected_releases() -> None:
 link = Link({"update": True, "version": "2.0.0", "version_code": 2, "manifest": "",
              "signature": "", "payload_url": "https://x/p"})
 a = agent(link)
-first = a.check()
+first = mpota.drive(a.check())
 a.st.save(rejected=[2])
-skipped = a.check()
-forced = a.check(skip_rejected=False)
+skipped = mpota.drive(a.check())
+forced = mpota.drive(a.check(skip_rejected=False))
 result([link.asked, first["version_code"], skipped, forced["version_code"]])
 """)
     assert got == [[1, 1, 1], 2, None, 2]
@@ -171,10 +174,11 @@ class Verify:
     def release(raw, sig, pems, facts, nvs):
         return {"version": "2.0.0", "version_code": 2, "security_counter": 0,
                 "sha256": "ab" * 32, "size": 50000, "payload_size": 50000}, None
+        yield
 
 def begin(a):
     sys.modules["mpota.verify"] = mpota.verify = Verify  # dropped after each verify
-    return accept.begin(a, b"m", b"s", "https://x/p")
+    return mpota.drive(accept.begin(a, b"m", b"s", "https://x/p"))
 
 a = agent()
 a.st.save(state=state.DOWNLOADING, written=10000, target={"sha256": "ab" * 32},
@@ -196,7 +200,7 @@ def test_begin_refuses_while_an_update_is_staged() -> None:
 a = agent()
 a.st.save(state=state.STAGED)
 from mpota import accept
-result(code_of(accept.begin, a, b"m", b"s", "https://x/p"))
+result(code_of(lambda: mpota.drive(accept.begin(a, b"m", b"s", "https://x/p"))))
 """)
     assert got == "state"
 
@@ -219,7 +223,7 @@ a.hw.slots[1].data[:4096] = image
 a.st.save(state=state.STAGED, staged_at=time.time(), target={{
     "slot": "ota_1", "version": "2.0.0", "version_code": 2, "size": 4096,
     "sha256": binascii.hexlify(hashlib.sha256(image).digest()).decode()}})
-code = code_of(a.apply, {force!r})
+code = code_of(lambda: mpota.drive(a.apply({force!r})))
 result([code, a.st.name, a.hw.resets, a.hw.slots[1].booted])
 """)
     if expect is None:
@@ -280,6 +284,7 @@ class Client:
         first = int(headers["Range"][6:-1])
         self.firsts.append(first)
         return Answer(first)
+        yield
     def close(self):
         pass
 
@@ -289,6 +294,7 @@ class Verify:
         return {"version": "2.0.0", "version_code": 2, "security_counter": 0, "size": len(IMAGE),
                 "payload_size": len(IMAGE),
                 "sha256": binascii.hexlify(hashlib.sha256(IMAGE).digest()).decode()}, None
+        yield
 
 class Saves(Counting):
     log = []
@@ -304,9 +310,9 @@ def downloader(path, hw=None):
 
 def install_once(a):
     sys.modules["mpota.verify"] = mpota.verify = Verify
-    part, target, key, written = accept.begin(a, b"m", b"s", "https://x/p")
+    part, target, key, written = mpota.drive(accept.begin(a, b"m", b"s", "https://x/p"))
     from mpota import install
-    install.download(a, part, target, written, key)
+    mpota.drive(install.download(a, part, target, written, key))
 """
 
 
@@ -425,7 +431,7 @@ class WDT:
 
 mpota.feed()  # nothing armed: nothing to do
 mpota._agent = None
-mpota._wdt[0] = WDT()  # what hw.watchdog() keeps
+mpota._hold[0] = WDT()  # what hw.watchdog() keeps
 mpota.feed()
 mpota.feed("timer")  # as machine.Timer calls it
 result(WDT.fed)

@@ -13,6 +13,7 @@ from helpers import RAM_FAKES, unix_results
 
 SETUP = RAM_FAKES + """
 import binascii
+import mpota
 from mpota import slot, errors
 
 buf = memoryview(bytearray(4096))
@@ -36,7 +37,7 @@ def outcome(f):
 RESUME = """
 part = Part(8)
 w = writer(part)
-w.pull(Body(payload), len(payload))
+mpota.drive(w.pull(Body(payload), len(payload)))
 for saved in {offsets}:
     def resumed():
         w = writer(part)
@@ -45,8 +46,8 @@ for saved in {offsets}:
         pre = w.iv_needed()
         if pre:
             w.set_iv(payload[at - pre:at])
-        w.pull(Body(payload[at:]), len(payload) - at)
-        w.check(sha)
+        mpota.drive(w.pull(Body(payload[at:]), len(payload) - at))
+        mpota.drive(w.check(sha))
         return at
     result(outcome(resumed))
 """
@@ -95,11 +96,11 @@ def test_encrypted_resume_without_the_iv_writes_nothing() -> None:
     code = SETUP.format(**_args(image, True)) + """
 part = Part(8)
 w = writer(part)
-w.pull(Body(payload), 4096)
+mpota.drive(w.pull(Body(payload), 4096))
 before = bytes(part.mem)
 w = writer(part)
 w.resume(4096)
-result(outcome(lambda: w.pull(Body(payload[4096:]), 4096)))
+result(outcome(lambda: mpota.drive(w.pull(Body(payload[4096:]), 4096))))
 result(bytes(part.mem) == before)
 """
     got = unix_results(code)
@@ -120,7 +121,7 @@ w = writer(part)
 body = bytearray(payload)
 if {where!r} == "payload":
     body[5000] ^= 1
-w.pull(Body(body), len(body))
+mpota.drive(w.pull(Body(body), len(body)))
 if {where!r} == "flash":
     part.mem[5000] ^= 1  # flash that does not hold what was written
 if {where!r} == "resumed":
@@ -129,8 +130,8 @@ if {where!r} == "resumed":
     w.resume(4096)
     if w.iv_needed():
         w.set_iv(payload[4096 - 16:4096])
-    w.pull(Body(payload[4096:]), len(payload) - 4096)
-result(outcome(lambda: w.check(sha)))
+    mpota.drive(w.pull(Body(payload[4096:]), len(payload) - 4096))
+result(outcome(lambda: mpota.drive(w.check(sha))))
 result([part.mem[:4096] == b"\\xff" * 4096, part.mem[4096:8192] != b"\\xff" * 4096])
 """
     got = unix_results(code)

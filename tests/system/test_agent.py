@@ -10,11 +10,14 @@ from typing import Any
 
 import pytest
 
-from helpers import BOARD_8MB
+from helpers import BOARD_8MB, heap_for
 from mpota_host import devtls
 from mpota_host.server.app import start_server
 from mpota_host.sim.harness import AGENT_MODULES, BootRecord, SimBoard
 from netfaults import FaultProxy, RedirectingHTTPS, StaticHTTPS
+
+# every test here runs with the blocking agent and with the asyncio one
+pytestmark = pytest.mark.usefixtures("driver")
 
 SLOT1 = 0x190000
 WIFI = {"wifi": {"ssid": "sim", "key": "sim-key"}}
@@ -39,13 +42,14 @@ def story(records: list[BootRecord]) -> list[tuple[str | None, str | None, str]]
 
 @pytest.mark.parametrize("heap, frozen", [("64K", ()), ("40K", AGENT_MODULES)],
                          ids=["mpy-64K", "frozen-40K"])
-def test_happy_path_in_a_small_heap(fleet, heap: str, frozen: tuple[str, ...]) -> None:
+def test_happy_path_in_a_small_heap(fleet, heap: str, frozen: tuple[str, ...],
+                                    driver: str) -> None:
     fleet.publish("2.0.0", 2, size=1536 * 1024)
     board = fleet.device(config=WIFI)
     board.clear_counters()
     # the agent as .mpy files (as mip and mpota provision install it) in a 64 KiB
     # heap, and frozen into the firmware in 40 KiB
-    records = board.boot(max_boots=4, heapsize=heap, frozen=frozen)
+    records = board.boot(max_boots=4, heapsize=heap_for(driver, heap), frozen=frozen)
     assert story(records) == [("ota_0", "1.0.0", "reset"), ("ota_1", "2.0.0", "repl")], \
         records[-1].output
     assert "CONFIRMED 2.0.0 in ota_1" in records[1].output
@@ -191,7 +195,7 @@ def test_bad_firmware_rolls_back_and_is_reported(fleet, behaviour: str, reason: 
     # until someone publishes a fix (the agent would retry on its next poll)
 
 
-def test_busy_device_is_not_rebooted(fleet) -> None:
+def test_busy_device_is_not_rebooted(fleet, driver: str) -> None:
     fleet.publish("2.0.0", 2)
     main = ("import mpota\n"
             "@mpota.busy_check\n"
@@ -200,13 +204,22 @@ def test_busy_device_is_not_rebooted(fleet) -> None:
             "    return 'busy.flag' in os.listdir()\n"
             "mpota.probation()\n"
             "print('RESULT', mpota.poll())\n")
-    board = fleet.device(config=WIFI, main_py=main)
+    board = fleet.device(config=WIFI | {"download": {"busy_wait_s": 1}}, main_py=main)
     board.write_file("busy.flag", "1")
     records = board.boot(max_boots=3)
     assert story(records) == [("ota_0", "1.0.0", "repl")]
-    assert "not rebooting: the application is busy" in records[0].output
-    assert agent_state(board)["state"] == "STAGED"
-    assert otadata_states(board) == ["VALID", "UNDEFINED"]  # verified in ota_1, not selected
+    if driver == "blocking":
+        # the blocking agent holds the application anyway: it downloads, never reboots
+        assert "not rebooting: the application is busy" in records[0].output
+        assert agent_state(board)["state"] == "STAGED"
+        assert otadata_states(board) == ["VALID", "UNDEFINED"]  # verified in ota_1, not selected
+    else:
+        # the asyncio agent pauses the download while the application is busy,
+        # and after download.busy_wait_s ends the round; the next one resumes it
+        assert "the application stayed busy for 1 s" in records[0].output
+        assert "'RETRY_LATER'" in records[0].output and "'busy'" in records[0].output
+        assert agent_state(board)["state"] == "DOWNLOADING"
+        assert fleet.states(device_id(board))[-1] == "INTERRUPTED"
     (board.fs / "busy.flag").unlink()
     records = board.boot(max_boots=3)
     assert story(records) == [("ota_0", "1.0.0", "reset"), ("ota_1", "2.0.0", "repl")]

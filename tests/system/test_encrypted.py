@@ -13,10 +13,14 @@ from typing import Any
 import pytest
 
 from fleet import Fleet
+from helpers import heap_for
 from mpota_host import devtls, keys, provision
 from mpota_host.sim.harness import AGENT_MODULES, SimBoard
 from netfaults import FaultProxy, StaticHTTPS
 from test_agent import SLOT1, WIFI, agent_state, device_id, otadata_states, story
+
+# every test here runs with the blocking agent and with the asyncio one
+pytestmark = pytest.mark.usefixtures("driver")
 
 
 @pytest.fixture
@@ -53,13 +57,13 @@ def resign(fleet: Fleet, rel: Path, change: Any) -> None:
 @pytest.mark.parametrize("heap, frozen", [("64K", ()), ("40K", AGENT_MODULES)],
                          ids=["mpy-64K", "frozen-40K"])
 def test_encrypted_update_in_a_small_heap(fleet: Fleet, enc: keys.KeyPair, heap: str,
-                                          frozen: tuple[str, ...]) -> None:
+                                          frozen: tuple[str, ...], driver: str) -> None:
     rel = publish_encrypted(fleet, enc, size=1536 * 1024)
     manifest = json.loads((rel / "manifest.json").read_text())
     assert manifest["encryption"]["recipients"][0]["key_id"] == enc.key_id
     board = fleet.device(config=WIFI, enc_key=enc.private)
     # .mpy files in 64 KiB, frozen in 40 KiB
-    records = board.boot(max_boots=3, heapsize=heap, frozen=frozen)
+    records = board.boot(max_boots=3, heapsize=heap_for(driver, heap), frozen=frozen)
     assert story(records) == [("ota_0", "1.0.0", "reset"), ("ota_1", "2.0.0", "repl")], \
         records[0].output
     assert fleet.states(device_id(board))[-1] == "CONFIRMED"

@@ -11,11 +11,16 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from mpota_host import devtls, keys, release
 from mpota_host.firmware import write_image
 from mpota_host.sim.harness import SimBoard
 from netfaults import StaticHTTPS
 from test_agent import WIFI, agent_state, device_id, otadata_states, story
+
+# every test here runs with the blocking agent and with the asyncio one
+pytestmark = pytest.mark.usefixtures("driver")
 
 # main.py of the tests: the application goes on after every mpota call
 POLL = "import mpota\nmpota.probation()\nprint('RESULT', mpota.poll())\nprint('APP GOES ON')\n"

@@ -55,14 +55,58 @@ def serve(certs: Certs) -> Iterator[object]:
         server.close()
 
 
+_driver = ["blocking"]
+
+
+@pytest.fixture(autouse=True, params=["blocking", "asyncio"])
+def driver(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every test runs twice: the blocking agent's client (blocking sockets,
+    mpota.drive) and the asyncio agent's (non-blocking sockets, the TLS
+    handshake inside the first write, mpota.aio.drive beside a ticking task)."""
+    _driver[0] = request.param
+    yield request.param
+    _driver[0] = "blocking"
+
+
 def snippet(ca: Path, code: str) -> list[object]:
     """Run code on the unix port with a client library prelude; its RESULTs."""
+    nb = _driver[0] == "asyncio"
     return unix_results(f"""
-from mpota.http import Client
+import mpota
+from mpota import http
 from mpota import ca, fetch
 from mpota.errors import OTAError
 import hashlib, binascii
 CAS = ca.certs(open({str(ca)!r}, "rb").read())
+NB = {nb!r}
+
+class Agent:
+    # what the drivers read of the agent: the stall (the last client's) and the busy check
+    cfg = {{"download": {{"stall_s": 10}}}}
+    busy = None
+
+def Client(url, cas, stall=10, hops=3):
+    Agent.cfg["download"]["stall_s"] = stall
+    return http.Client(url, cas, stall, hops, NB)
+
+def drive(gen):
+    if not NB:
+        return mpota.drive(gen, Agent)
+    import asyncio
+    from mpota import aio
+
+    async def ticker():
+        while True:
+            await asyncio.sleep_ms(1)
+
+    async def main():
+        t = asyncio.create_task(ticker())
+        try:
+            return await aio.drive(gen, Agent)
+        finally:
+            t.cancel()
+
+    return asyncio.run(main())
 
 def outcome(f, *a):
     try:
@@ -71,7 +115,8 @@ def outcome(f, *a):
         return [type(e).__name__, e.retryable, str(e)]
 
 def get(c, target, limit=65536):
-    return c.expect(c.request("GET", target), 200).read_all(limit).decode()
+    c.expect(drive(c.request("GET", target)), 200)
+    return drive(c.read_all(limit)).decode()
 
 class Sink:
     # stands in for the SlotWriter: whole 4096-byte blocks are kept, a
@@ -92,6 +137,9 @@ class Sink:
         assert self.offset + count <= self.total
         while count:
             n = r.readinto(self.buf[self.fill:min(4096, self.fill + count)])
+            if n is None:
+                yield from r.wait()
+                continue
             if not n:
                 raise OSError("short")
             self.fill += n
@@ -102,7 +150,11 @@ class Sink:
                 self.fill = 0
     def skip(self, r, count):
         while count:
-            count -= r.readinto(self.buf[:min(4096, count)])
+            n = r.readinto(self.buf[:min(4096, count)])
+            if n is None:
+                yield from r.wait()
+                continue
+            count -= n
 
 OPTS = {{"window": 8192, "retries": 2, "backoff_ms": 1, "backoff_max_ms": 2}}
 
@@ -110,7 +162,7 @@ def download(c, url, size, **opts):
     sink = Sink(size)
     o = dict(OPTS, **opts)
     def run():
-        fetch.download(c, url, sink, o, sleep_ms=lambda ms: None)
+        drive(fetch.download(c, url, sink, o))
         return binascii.hexlify(hashlib.sha256(sink.data).digest()).decode()
     return outcome(run)
 {code}
@@ -402,8 +454,9 @@ c = Client({server.url!r}, CAS)
 result(get(c, "/v1/update?board=x"))
 result(download(c, "/payload", {len(PAYLOAD)}, window=16384))
 body = json.dumps({{"state": "STAGED", "detail": "x" * 300}}).encode()
-r = c.request("POST", "/v1/report", {{"Content-Type": "application/json"}}, body)
-result(c.expect(r, 200).read_all(1024).decode())
+r = drive(c.request("POST", "/v1/report", {{"Content-Type": "application/json"}}, body))
+c.expect(r, 200)
+result(drive(c.read_all(1024)).decode())
 """)
     assert out[1:] == [["ok", DIGEST], '{"ok": true}']
     assert server.handshakes == 1
@@ -444,7 +497,8 @@ def test_capped_ranges_and_servers_that_send_too_much(certs: Certs, serve) -> No
 c = Client({server.url!r}, CAS)
 result(download(c, "/capped", {len(PAYLOAD)}))
 result(download(c, "/more", {len(PAYLOAD)}))
-result(c.expect(c.request("GET", "/more"), 200).read_all(200000)[-4:].decode())
+c.expect(drive(c.request("GET", "/more")), 200)
+result(drive(c.read_all(200000))[-4:].decode())
 """)
     assert out == [["ok", DIGEST], ["ok", DIGEST], "junk"]
     capped = [r.headers["range"] for r in server.requests if r.path == "/capped"]

@@ -27,6 +27,9 @@ from mpota_host.sim.harness import BootRecord, SimBoard
 from netfaults import FaultProxy
 from nginx import Nginx
 
+# every test here runs with the blocking agent and with the asyncio one
+pytestmark = pytest.mark.usefixtures("driver")
+
 SLOT1 = 0x190000  # ota_1 of boards/esp32-generic-4mb
 SIZE = 192 * 1024  # three 64 KiB windows: small, and still more than one request
 WIFI = {"wifi": {"ssid": "sim", "key": "sim-key"}}

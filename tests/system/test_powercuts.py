@@ -25,6 +25,9 @@ from fleet import Fleet
 from mpota_host import keys
 from mpota_host.sim.harness import BootRecord, SimBoard
 
+# every test here runs with the blocking agent and with the asyncio one
+pytestmark = pytest.mark.usefixtures("driver")
+
 SLOT0, SLOT1, SLOT_SIZE = 0x10000, 0x190000, 0x180000
 OTADATA = 0xD000
 PLAIN_SIZE = 4 * 4096 + 1000  # five blocks, the last one partial: three progress saves

@@ -15,12 +15,16 @@ from mpota_host.sim.harness import SimBoard
 from netfaults import StaticHTTPS
 from test_agent import SLOT1, WIFI, agent_state, device_id, otadata_states, story
 
+# every test here runs with the blocking agent and with the asyncio one
+pytestmark = pytest.mark.usefixtures("driver")
+
 # An image size that is not a multiple of 4096, as almost every real image
 SIZE = 70_000
 # main.py: with the file "cut" present, the power goes during the final read-back
 # (after the last progress save; the end is saved by STAGED after the read-back), as on a board
 CUT_IN_READBACK = """import os
 import mpota
+
 if 'cut' in os.listdir():
     os.remove('cut')
     from mpota import slot

@@ -14,6 +14,9 @@ import pytest
 from mpota_host.sim.harness import SimBoard
 from test_agent import WIFI, agent_state, device_id, story
 
+# every test here runs with the blocking agent and with the asyncio one
+pytestmark = pytest.mark.usefixtures("driver")
+
 AIR = {"aps": {"sim": "sim-key"}}  # the one access point around the boards
 
 SHOW_WLAN = ("import network\n"

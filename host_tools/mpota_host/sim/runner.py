@@ -230,7 +230,7 @@ def command(
     full_env = dict(os.environ)
     full_env.update(env or {})
     full_env["MPOTA_SIM_FLASH"] = str(flash.resolve())
-    full_env["MICROPYPATH"] = str(compiled_sim())
+    full_env["MICROPYPATH"] = str(compiled_sim()) + ":.frozen"  # asyncio: frozen, as on a board
     budget = heap_bytes(heapsize)
     full_env["MPOTA_SIM_HEAP_BUDGET"] = str(budget)
     full_env["MPOTA_SIM_FROZEN"] = ",".join(frozen)
