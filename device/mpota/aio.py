@@ -30,7 +30,7 @@ def _wait(sock, out):
     # park this task until sock is readable (out 0) or writable (1): the
     # scheduler's poller, what asyncio's own streams wait on (looked up each
     # time: a new event loop has a new one)
-    io = asyncio.core._io_queue
+    io = asyncio.core._io_queue  # type: ignore[attr-defined]  # (not in the stubs)
     yield io.queue_write(sock) if out else io.queue_read(sock)
 
 

@@ -221,11 +221,12 @@ class Client:
                 head += "%s: %s\r\n" % (k, headers[k])
             if body is not None:
                 head += "Content-Length: %d\r\n" % len(body)
-            head = (head + "\r\n").encode()
+            data = (head + "\r\n").encode()
+            del head
             sent = False
             try:
-                mv = memoryview(head + body if body else head)
-                del head
+                mv = memoryview(data + body if body else data)
+                del data
                 while mv:
                     n = s.write(mv)
                     if n is None:  # non-blocking: no room yet (or the handshake waits)
