@@ -147,8 +147,9 @@ def _guard(fn, *args, uses=()):
     that mpota module is loaded for the call.  After the call the connection
     is closed and the modules named in uses are dropped.  One call at a time:
     while the asyncio agent is inside a round, a blocking call returns
-    RETRY_LATER "in-progress"."""
-    if _hold[3]:
+    RETRY_LATER "in-progress" (status() answers)."""
+    nested = _hold[3]
+    if nested and fn != "repl.status":
         return {"result": "RETRY_LATER", "error": "in-progress",
                 "reason": "another mpota call is running: try when it returns"}
     agent = None
@@ -164,9 +165,10 @@ def _guard(fn, *args, uses=()):
     except Exception as e:
         return _failed(e, agent)
     finally:
-        _hold[3] = 0
-        if agent is not None:
-            agent.close()  # the TLS session's buffers go back to the application
+        if not nested:  # (a status() inside a round leaves the round's connection)
+            _hold[3] = 0
+            if agent is not None:
+                agent.close()  # the TLS session's buffers go back to the application
         drop(*uses)
 
 
