@@ -12,8 +12,21 @@
 # Counters file layout (little endian u32):
 #   0: magic  4: total ops  8: cut_at (0xFFFFFFFF = never)  12: reserved
 #   16 + 8*sector: erases, writes
+#
+# Timing (off by default): with MPOTA_SIM_FLASH_TIMING=datasheet every
+# sector erase and every 256-byte page program holds the VM for the flash
+# chip's typical time, =max for its worst case.  The figures are Winbond
+# W25Q32JV's (a common ESP32 module flash; datasheet rev. F, 2017, "AC
+# Electrical Characteristics"): tSE (4 KB sector erase) 45 ms typical /
+# 400 ms max, tPP (page program) 0.4 ms typical / 3 ms max; the W25Q32FV and
+# GD25Q32 are alike (the FV's tPP is 0.7 ms typical).  On a board
+# esp32.Partition.writeblocks is one C call (esp_partition_erase_range, then
+# esp_partition_write): no other Python runs meanwhile, so the wait here is
+# time.sleep_us, one C call too (not the sim's sleep_ms, which runs scheduled
+# callbacks).  Reads stay untimed (4 KiB at 40-80 MHz QIO is ~0.1 ms).
 import os
 import struct
+import time
 
 import simpower
 
@@ -25,6 +38,22 @@ _NEVER = const(0xFFFFFFFF)
 
 # Exit reasons the harness reads after the process died.
 EXIT_FILE = "exit"
+
+# MPOTA_SIM_FLASH_TIMING: (sector erase us, page program us)
+TIMINGS = {"datasheet": (45000, 400), "max": (400000, 3000)}
+PAGE = const(256)
+
+
+def timing():
+    """(erase us per sector, program us per page) from MPOTA_SIM_FLASH_TIMING,
+    or None (off: the default).  An unknown value is refused in one line."""
+    name = os.getenv("MPOTA_SIM_FLASH_TIMING")
+    if not name or name == "off":
+        return None
+    if name not in TIMINGS:
+        raise ValueError("MPOTA_SIM_FLASH_TIMING=%s: use one of %s (or unset it)"
+                         % (name, ", ".join(sorted(TIMINGS))))
+    return TIMINGS[name]
 
 
 def _hard_kill():
@@ -57,6 +86,7 @@ class Flash:
         self._ff = b"\xff" * _CHUNK
         self._old = bytearray(_CHUNK)
         self._u32 = bytearray(4)
+        self.timing = timing()
         simpower.load(sim_dir)
 
     def _counter(self, pos):
@@ -111,6 +141,8 @@ class Flash:
                 pos += k
             if cut:
                 die(self.sim_dir, "power-cut erase 0x%x" % sector_addr)
+            if self.timing:
+                time.sleep_us(self.timing[0])
 
     def write(self, addr, data):
         """NOR write: every stored byte becomes old & new."""
@@ -139,6 +171,9 @@ class Flash:
             pos += k
         if cut:
             die(self.sim_dir, "power-cut write 0x%x" % addr)
+        if self.timing and n:
+            # every 256-byte page the write touches is programmed
+            time.sleep_us(self.timing[1] * ((addr + n - 1) // PAGE - addr // PAGE + 1))
 
     def close(self):
         self._f.close()

@@ -321,3 +321,53 @@ finally:
     booted.cut_power_at(None)
     sector = booted.flash.read_bytes()[0x190000:0x191000]
     assert sector[:2048] == b"\x55" * 2048 and sector[2048:] == b"\xff" * 2048
+
+
+TIMED_BLOCK = """
+import json, time
+from esp32 import Partition
+p = Partition("ota_1")
+buf = bytearray(4096)
+for i in range(4096):
+    buf[i] = i * 7 & 0xFF
+t0 = time.ticks_us()
+p.writeblocks(5, buf)                 # one block: a sector erase, then 16 pages programmed
+erase_program = time.ticks_diff(time.ticks_us(), t0)
+t0 = time.ticks_us()
+p.writeblocks(5, b"\\x00" * 300, 200) # no erase: bytes 200..499 span pages 0 and 1
+program_only = time.ticks_diff(time.ticks_us(), t0)
+p.readblocks(5, buf)
+print("RESULT " + json.dumps([erase_program, program_only, list(buf[195:205]), list(buf[498:502])]))
+"""
+
+
+def _timed_block(board: SimBoard, timing: str | None) -> list:
+    script = board.sim_dir / "timed_block.py"
+    script.write_text(TIMED_BLOCK)
+    env = {"MPOTA_SIM_FLASH_TIMING": timing} if timing else None
+    return results(board.run(script, env=env))[0]
+
+
+def test_flash_timing_model_holds_the_vm_per_erase_and_page(booted: SimBoard) -> None:
+    booted.clear_counters()
+    off = _timed_block(booted, None)
+    counted_off = booted.counters().sector(0x195000)
+    booted.clear_counters()
+    on = _timed_block(booted, "datasheet")
+    # the W25Q32JV's typical figures: a sector erase 45 ms and 16 pages of
+    # 0.4 ms; the second write touches 2 pages (a lower bound: sleeping never
+    # returns early, so this cannot fail on a slow host)
+    assert on[0] >= 45_000 + 16 * 400
+    assert on[1] >= 2 * 400
+    # the model changes the time only: the same bytes and the same counted operations
+    assert on[2:] == off[2:] and off[2] == [195 * 7 & 0xFF, 196 * 7 & 0xFF, 197 * 7 & 0xFF,
+                                           198 * 7 & 0xFF, 199 * 7 & 0xFF, 0, 0, 0, 0, 0]
+    assert booted.counters().sector(0x195000) == counted_off == (1, 2)
+
+
+def test_flash_timing_model_refuses_an_unknown_name(booted: SimBoard) -> None:
+    script = booted.sim_dir / "timed_block.py"
+    script.write_text(TIMED_BLOCK)
+    run = booted.run(script, env={"MPOTA_SIM_FLASH_TIMING": "fast"})
+    assert "MPOTA_SIM_FLASH_TIMING=fast: use one of datasheet, max (or unset it)" in run.output
+    assert "RESULT" not in run.output
