@@ -6,7 +6,10 @@
 # key derivation and unwrap (mpota.keywrap) load: one of them in the heap at
 # a time.
 #
-#   key = content_key(fields["encryption"], nvs)   # DecryptionError with a code
+#   key = yield from content_key(fields["encryption"], nvs)   # DecryptionError with a code
+#
+# content_key and ecdh are step generators (see mpota.drive): they pause
+# inside the P-256 multiplication.
 import binascii
 import hashlib
 
@@ -15,16 +18,16 @@ from mpota.errors import DecryptionError
 
 
 def ecdh(d, q):
-    """x coordinate (32 bytes) of d*Q; q is an affine point already checked
-    with p256.decode_point.  None if the result is the point at infinity."""
+    """Steps: x coordinate (32 bytes) of d*Q; q is an affine point already
+    checked with p256.decode_point.  None if the result is the point at infinity."""
     from mpota import p256
 
-    point = p256.to_affine(p256.mul(d, q))
+    point = p256.to_affine((yield from p256.mul(d, q)))
     return None if point is None else point[0].to_bytes(32, "big")
 
 
 def content_key(enc, nvs):
-    """The 32-byte content key of a manifest's (checked) encryption header,
+    """Steps: the 32-byte content key of a manifest's (checked) encryption header,
     unwrapped with this device's key: the P-256 scalar in NVS mpota/enc_key
     and its public point in mpota/enc_pub (see mpota.enckey)."""
     buf = bytearray(65)
@@ -46,7 +49,7 @@ def content_key(enc, nvs):
 
     q = p256.decode_point(epk)
     del p256
-    shared = None if q is None else ecdh(d, q)
+    shared = None if q is None else (yield from ecdh(d, q))
     del q, d
     mpota.drop("p256")
     key = None

@@ -3,6 +3,11 @@
 # multiplication (Jacobian tables of odd multiples of G and of Q, built per
 # verify and dropped after it), and the scalar multiplication ECDH needs.
 #
+# verify, mul and mul_add are step generators (see mpota.drive): the
+# multiplication loop yields None every _SLICE digits, so an asyncio
+# application runs between slices; drive them with `yield from` or
+# mpota.drive(p256.verify(q, digest, sig)).
+#
 # Big integers are MicroPython's C mpz, so each field multiply costs about a
 # microsecond; modular inversions cost hundreds of times more, so a verify
 # does exactly one (s^-1 mod n) and compares x without leaving Jacobian
@@ -14,6 +19,10 @@ GX = 0x6B17D1F2E12C4247F8BCE6E563A440F277037D812DEB33A0F4A13945D898C296
 GY = 0x4FE342E2FE1A7F9B8EE7EB4A7C0F9E162BCE33576B315ECECBB6406837BF51F5
 G_WINDOW = 4  # wNAF width for the fixed base: 4 points per verify
 Q_WINDOW = 3  # wNAF width for the public key: 2 points per verify
+# digits of the shared doubling chain per step: 8 makes 33 slices of a
+# 256-bit multiply (~0.16 ms each on the unix port, about as long as the
+# one inversion, a single C call no slicing can split; 16 makes them longer)
+_SLICE = const(8)
 
 INFINITY = (1, 1, 0)
 inversions = 0
@@ -85,6 +94,10 @@ def add(p1, p2):
 
 
 def to_affine(pt):
+    if type(pt) is not tuple:  # TEMP: mpota.enckey's mul_add, until it drives the steps
+        import mpota
+
+        pt = mpota.drive(pt)
     x, y, z = pt
     if not z:
         return None
@@ -131,7 +144,8 @@ def g_table():
 
 
 def mul_add(u1, u2, q):
-    """u1*G + u2*Q (Q affine) as a Jacobian point: one shared doubling chain."""
+    """Steps: u1*G + u2*Q (Q affine) as a Jacobian point: one shared doubling
+    chain, a pause every _SLICE digits."""
     tables = ((wnaf(u1, G_WINDOW), g_table() if u1 else None),
               (wnaf(u2, Q_WINDOW), _odd_multiples((q[0], q[1], 1), 1 << (Q_WINDOW - 2))))
     acc = INFINITY
@@ -144,20 +158,22 @@ def mul_add(u1, u2, q):
             elif d < 0:
                 x, y, z = table[(-d) >> 1]
                 acc = add(acc, (x, P - y, z))
+        if not i % _SLICE:
+            yield
     return acc
 
 
 def mul(k, q):
-    """k*Q for an affine point Q (ECDH); Jacobian result."""
+    """Steps: k*Q for an affine point Q (ECDH); Jacobian result."""
     return mul_add(0, k, q)
 
 
 def verify(q, digest, sig):
-    """ECDSA P-256 verification over a 32-byte SHA-256 digest.
+    """Steps: ECDSA P-256 verification over a 32-byte SHA-256 digest.
 
     q: public point (x, y) already checked with decode_point; sig: raw r||s
     (64 bytes, IEEE P1363).  Returns True or False; never raises for a bad
-    signature."""
+    signature.  Pauses after the inversion and in the multiplication."""
     if len(sig) != 64 or len(digest) != 32:
         return False
     r = int.from_bytes(sig[:32], "big")
@@ -166,7 +182,8 @@ def verify(q, digest, sig):
         return False
     e = int.from_bytes(digest, "big") % N
     w = inverse(s, N)
-    x, _, z = mul_add(e * w % N, r * w % N, q)
+    yield
+    x, _, z = yield from mul_add(e * w % N, r * w % N, q)
     if not z:
         return False
     # x_affine = x / z^2; accept when x_affine mod n == r, without inverting z

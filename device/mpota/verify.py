@@ -4,7 +4,11 @@
 # .ecies, .keywrap):
 #
 #   from mpota import verify
-#   fields, key = verify.release(raw, sig, cfg["trusted_pems"], facts, nvs)
+#   fields, key = yield from verify.release(raw, sig, cfg["trusted_pems"], facts, nvs)
+#
+# release and authenticate are step generators (see mpota.drive): they pause
+# inside the P-256 verify and ECDH (mpota.p256), so an asyncio application
+# keeps running; blocking: mpota.drive(verify.release(...)).
 #
 # raw: the manifest's exact bytes; sig: its 64-byte raw r||s signature;
 # trusted: the trusted signing keys (PEM text, or any form keys.public_key
@@ -27,7 +31,7 @@ MAX_MANIFEST = 4096
 
 
 def authenticate(raw, sig, trusted):
-    """The id of the trusted key whose signature sig is over the exact bytes raw."""
+    """Steps: the id of the trusted key whose signature sig is over the exact bytes raw."""
     if len(raw) > MAX_MANIFEST:
         raise ManifestError("manifest %d bytes > %d" % (len(raw), MAX_MANIFEST),
                             "manifest-too-large")
@@ -50,7 +54,7 @@ def authenticate(raw, sig, trusted):
     mpota.drop("keys")  # only the points are needed now
     digest = hashlib.sha256(raw).digest()
     for kid, q in found:
-        if p256.verify(q, digest, sig):
+        if (yield from p256.verify(q, digest, sig)):
             return kid
     ids = ",".join(k[0] for k in found)
     del found, p256
@@ -67,8 +71,8 @@ def authenticate(raw, sig, trusted):
 
 
 def release(raw, sig, trusted, facts, nvs):
-    """(fields, content key or None) of a release this device may install."""
-    kid = authenticate(raw, sig, trusted)
+    """Steps: (fields, content key or None) of a release this device may install."""
+    kid = yield from authenticate(raw, sig, trusted)
     mpota.drop("p256", "keys")
     from mpota import syntax
 
@@ -89,4 +93,4 @@ def release(raw, sig, trusted, facts, nvs):
     mpota.drop("manifest")
     from mpota import ecies
 
-    return f, ecies.content_key(enc, nvs)
+    return f, (yield from ecies.content_key(enc, nvs))

@@ -25,6 +25,7 @@ FACTS = '("esp32-generic-4mb", 0, 1, 1, 0x180000, {now})'
 
 DEVICE = """
 import binascii
+import mpota
 from mpota import verify, errors
 with open({pub!r}) as f:
     trusted = [f.read()]
@@ -33,7 +34,7 @@ class NoKey:  # an NVS namespace without a decryption key
         raise OSError(-0x1102)
 def attempt(raw, sig, facts):
     try:
-        fields, key = verify.release(raw, sig, trusted, facts, NoKey())
+        fields, key = mpota.drive(verify.release(raw, sig, trusted, facts, NoKey()))
         return ["ok", fields["version_code"], fields["key_id"]]
     except errors.OTAError as e:
         return [e.code, str(e)]
@@ -226,6 +227,7 @@ def test_key_rotation_trusts_several_keys(signer: Signer, tmp_path: Path) -> Non
     raw_old, raw_new = signer.manifest(), new.manifest()
     code = f"""
 import binascii
+import mpota
 from mpota import verify, errors
 facts = {FACTS.format(now=NOW)}
 with open({str(signer.pub)!r}) as f:
@@ -235,12 +237,13 @@ with open({str(new.pub)!r}) as f:
 for raw, sig in (({raw_old.hex()!r}, {signer.sign(raw_old).hex()!r}),
                  ({raw_new.hex()!r}, {new.sign(raw_new).hex()!r})):
     for trusted in ([old_pem, new_pem], [new_pem, old_pem]):
-        f, _ = verify.release(binascii.unhexlify(raw), binascii.unhexlify(sig), trusted, facts,
-                              None)
+        f, _ = mpota.drive(verify.release(binascii.unhexlify(raw), binascii.unhexlify(sig),
+                                          trusted, facts, None))
         result(f["key_id"])
 try:
-    verify.release(binascii.unhexlify({raw_old.hex()!r}),
-                   binascii.unhexlify({signer.sign(raw_old).hex()!r}), [new_pem], facts, None)
+    mpota.drive(verify.release(binascii.unhexlify({raw_old.hex()!r}),
+                               binascii.unhexlify({signer.sign(raw_old).hex()!r}), [new_pem],
+                               facts, None))
 except errors.ManifestError as e:
     result([e.code, str(e)])
 """
@@ -286,9 +289,10 @@ result(add("not hex"))
 def test_no_trusted_keys(signer: Signer, tmp_path: Path) -> None:
     code = f"""
 import binascii
+import mpota
 from mpota import verify, errors
 try:
-    verify.release(b"{{}}", b"x" * 64, [], {FACTS.format(now=NOW)}, None)
+    mpota.drive(verify.release(b"{{}}", b"x" * 64, [], {FACTS.format(now=NOW)}, None))
 except errors.ManifestError as e:
     result([e.code, str(e)])
 """
@@ -299,10 +303,12 @@ def test_a_trusted_key_that_cannot_be_read_is_a_config_error(signer: Signer) -> 
     raw = signer.manifest()
     code = f"""
 import binascii
+import mpota
 from mpota import verify, errors
 try:
-    verify.release({raw!r}, {signer.sign(raw)!r}, ["-----BEGIN PUBLIC KEY-----\\nAAAA\\n"
-                   "-----END PUBLIC KEY-----"], {FACTS.format(now=NOW)}, None)
+    mpota.drive(verify.release({raw!r}, {signer.sign(raw)!r},
+                               ["-----BEGIN PUBLIC KEY-----\\nAAAA\\n-----END PUBLIC KEY-----"],
+                               {FACTS.format(now=NOW)}, None))
 except errors.ConfigError as e:
     result([e.code, str(e)])
 """
@@ -329,6 +335,7 @@ def test_a_release_made_by_mpota_release_passes_on_the_device(tmp_path: Path, fi
     release.make_release(firmware("2.0.0"), rel, "esp32-generic-4mb", "2.0.0", 7,
                          keys.load_private(pair.private), security_counter=3, expires=None)
     code = f"""
+import mpota
 from mpota import verify
 with open({str(pair.public)!r}) as f:
     trusted = [f.read()]
@@ -336,7 +343,8 @@ with open({str(rel / "manifest.json")!r}, "rb") as f:
     raw = f.read()
 with open({str(rel / "manifest.sig")!r}, "rb") as f:
     sig = f.read()
-m, key = verify.release(raw, sig, trusted, ("esp32-generic-4mb", 0, 6, 3, 0x180000, {NOW}), None)
+m, key = mpota.drive(verify.release(raw, sig, trusted,
+                                    ("esp32-generic-4mb", 0, 6, 3, 0x180000, {NOW}), None))
 result([m["version"], m["version_code"], m["security_counter"], m["key_id"], m["size"], key])
 """
     (out,) = unix_results(code)
