@@ -115,11 +115,19 @@ def p256_verify():
     before = free()
     q = p256.decode_point(binascii.unhexlify(PUB))
     digest, sig = binascii.unhexlify(DIGEST), binascii.unhexlify(SIG)
+    import mpota
+
+    def verify():
+        r = p256.verify(q, digest, sig)
+        # a step generator since the asyncio agent (mpota.drive runs it); an
+        # older mpota on the board returns the answer itself
+        return r if type(r) is bool else mpota.drive(r)
+
     t0 = us()
-    ok = p256.verify(q, digest, sig)
+    ok = verify()
     first = since(t0)
     t0 = us()
-    ok = p256.verify(q, digest, sig) and ok
+    ok = verify() and ok
     report("p256_verify_ms", since(t0) / 1000, "ms")
     report("p256_first_verify_ms", first / 1000, "ms")
     report("p256_verify_ok", bool(ok))

@@ -23,7 +23,11 @@ from bench import update_bench  # noqa: E402
 KEYS = ("update_ratio_R", "secure_floor_ratio", "tls_handshakes_per_update",
         "http_requests_per_update", "state_writes_per_update", "heap_mpy_plain_kib",
         "heap_mpy_encrypted_kib", "heap_frozen_plain_kib", "heap_frozen_encrypted_kib",
-        "p256_verify_vs_naive")
+        "p256_verify_vs_naive", "app_max_stall_ms", "app_ticks_kept_ratio",
+        "encrypted_app_max_stall_ms", "encrypted_app_ticks_kept_ratio",
+        "async_vs_blocking_update_time", "encrypted_async_vs_blocking_update_time",
+        "block_ms", "idle_max_gap_ms", "board_model_async_max_stall_ms",
+        "board_model_async_duty_pct_25_ticks_kept_ratio")
 
 
 def _probe_lines(output: str) -> dict[str, object]:
@@ -52,9 +56,18 @@ def test_quick_bench_writes_every_figure(tmp_path: Path) -> None:
         assert figures[f"{prefix}flash_writes_per_update"] >= 32  # 128 KiB in 4 KiB blocks
     for key in KEYS[5:9]:
         assert 8 <= figures[key] <= 256, (key, figures[key])
+    for prefix in ("", "encrypted_"):
+        # the blocking agent holds the interpreter: no tick runs during its update
+        assert figures[f"{prefix}blocking_app_ticks_kept_ratio"] == 0
+        assert figures[f"{prefix}app_max_stall_ms"] > 0 and figures[f"{prefix}block_ms"] > 0
+    # with the flash timing model a gap that holds a block's writeblocks holds its
+    # sector erase and 16 page programs (a sleep never ends early)
+    assert figures["board_model_async_max_stall_ms"] >= 45 + 16 * 0.4
     table = (tmp_path / "latest.md").read_text()
     assert "Where a plain install's time goes" in table
     assert "the agent's own Python" in table
+    assert "What an update costs the application" in table
+    assert "What a real board adds" in table
 
 
 def test_trace_breakdown_accounts_for_the_whole_install(tmp_path: Path) -> None:
