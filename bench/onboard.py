@@ -153,11 +153,8 @@ def floor(host, port, path, size, pub, digest, sig, aes=False):
         d, sg = binascii.unhexlify(digest), binascii.unhexlify(sig)
         import mpota
 
-        def steps(q, d, s):
-            r = p256.verify(q, d, s)  # steps since the asyncio agent: mpota.drive runs them
-            return r if type(r) is bool else mpota.drive(r)
-
-        verify = (steps, q, d, sg)
+        # a step generator (the asyncio agent slices it): mpota.drive runs it
+        verify = (lambda q, d, s: mpota.drive(p256.verify(q, d, s)), q, d, sg)
     except Exception as e:  # the floor is then without its verify
         print("no P-256 verify in the floor: %s" % e)
     gc.collect()
