@@ -354,6 +354,8 @@ def board_figures(b: Board) -> dict[str, Any]:
             out[key + "_ticks_kept_ratio"] = _med(board_kept(b, label))
     blocks = [r.block_ms() for r in b.runs["blocking"]]
     out["board_model_block_ms"] = _med(blocks)
+    out["board_model_async_max_stall_over_block"] = _med(
+        [r.max_stall_ms / k for r, k in zip(b.runs["async"], blocks, strict=True)])
     return out
 
 
