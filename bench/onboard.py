@@ -214,7 +214,7 @@ def impact(mode, ms, slices=False):
     # us from base of every application tick; of every slot block written
     # (positive) and read back (negative); n[0] ticks, n[1] blocks
     base = time.ticks_us()
-    ticks = array("l", bytes(8 * 8192))
+    ticks = array("l", bytes(8 * 2048))  # 20 s of ticks
     slots = next_slot().ioctl(4, 0)
     blocks = array("l", bytes(8 * (2 * slots + 64)))
     n = [0, 0]
@@ -311,13 +311,22 @@ def impact(mode, ms, slices=False):
     first = 0
     while first + 1 < n[0] and ticks[first + 1] <= start:
         first += 1  # from the last tick before the window on
-    rel = [ticks[i] - start for i in range(first, n[0])]
-    marks = [(b - 1, 1) if b > 0 else (-b - 1, 2) for b in blocks[:n[1]]]
     res = r.get("result") if isinstance(r, dict) else r
     ok = res in ("STAGED", "IDLE")
     print("BENCH impact %.1f %s" % (t0[1] / 1000, res if ok else "FAILED %r" % (r,)))
-    print("IMPACT " + json.dumps({"end": t0[1], "ticks": rel, "blocks": marks,
-                                  "resumes": sorted(resumes, reverse=True)}))
+    # written piece by piece: after an update the heap may be too fragmented
+    # for one large string
+    r = None
+    gc.collect()
+    w = sys.stdout.write
+    w('IMPACT {"end": %d, "ticks": [' % t0[1])
+    for i in range(first, n[0]):
+        w("%s%d" % ("," if i > first else "", ticks[i] - start))
+    w('], "blocks": [')
+    for i in range(n[1]):
+        b = blocks[i]
+        w("%s[%d,%d]" % ("," if i else "", b - 1 if b > 0 else -b - 1, 1 if b > 0 else 2))
+    w('], "resumes": %s}\n' % json.dumps(sorted(resumes, reverse=True)))
 
 
 def main():
