@@ -18,11 +18,10 @@ def _verify(agent, raw, sig, slot_size):
         from mpota import verify
 
         _, code = agent.running_version()
-        r = verify.release(raw, sig, agent.cfg["trusted_pems"],
+        f, key = yield from verify.release(raw, sig, agent.cfg["trusted_pems"],
                                            (agent.cfg["board"], agent.cfg["chip_id"], code,
                                             agent.security_floor(), slot_size, agent.now()),
                                            agent.hw.nvs())
-        f, key = (yield from r) if hasattr(r, "send") else r  # TEMP until verify is steps
         enc = f.get("encryption")
         return {"version": f["version"], "version_code": f["version_code"],
                 "security_counter": f["security_counter"], "sha256": f["sha256"],

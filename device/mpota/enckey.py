@@ -6,11 +6,13 @@
 # when a release is decrypted.
 import os
 
+import mpota
 from mpota import keys, p256
 
 
 def _public_bytes(d):
-    return keys.point_bytes(p256.to_affine(p256.mul_add(d, 0, (p256.GX, p256.GY))))
+    # p256.mul_add is steps (it pauses for the asyncio agent): driven here
+    return keys.point_bytes(p256.to_affine(mpota.drive(p256.mul_add(d, 0, (p256.GX, p256.GY)))))
 
 
 def install(nvs, private):

@@ -94,10 +94,6 @@ def add(p1, p2):
 
 
 def to_affine(pt):
-    if type(pt) is not tuple:  # TEMP: mpota.enckey's mul_add, until it drives the steps
-        import mpota
-
-        pt = mpota.drive(pt)
     x, y, z = pt
     if not z:
         return None
