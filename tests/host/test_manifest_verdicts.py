@@ -169,6 +169,7 @@ def device_verdicts(tmp: Path, pub: Path, cases: list[tuple[bytes, bytes]],
     lines.write_text("".join(json.dumps([r.hex(), s.hex()]) + "\n" for r, s in cases))
     code = f"""
 import binascii
+import mpota
 from mpota import verify, errors
 with open({str(pub)!r}) as f:
     trusted = [f.read()]
@@ -180,8 +181,8 @@ with open({str(lines)!r}) as f:
     for line in f:
         raw, sig = json.loads(line)
         try:
-            verify.release(binascii.unhexlify(raw), binascii.unhexlify(sig), trusted, facts,
-                           NoKey())
+            mpota.drive(verify.release(binascii.unhexlify(raw), binascii.unhexlify(sig),
+                                       trusted, facts, NoKey()))
             result(["ok", ""])
         except errors.DecryptionError as e:
             result(["ok", e.code])  # the manifest passed; only the key is missing
