@@ -130,15 +130,14 @@ def _failed(e, agent):
         print("mpota: %s: %s" % (e.code, e))
         return {"result": "RETRY_LATER" if e.retryable else "FAILED", "error": e.code,
                 "reason": str(e)}
-    name = e.__class__.__name__  # a fault nobody foresaw: the application keeps running
-    print("mpota: unexpected %s: %s" % (name, e))
+    # a fault nobody foresaw: the application keeps running
+    print("mpota: unexpected %s: %s" % (e.__class__.__name__, e))
     if agent is not None:
         try:
             agent.outcome("unexpected", e)
         except Exception as e2:  # the state file or flash itself fails: nothing left to do
-            print("mpota: could not record the failure: %s: %s"
-                  % (e2.__class__.__name__, e2))
-    return {"result": "FAILED", "error": name, "reason": str(e)}
+            print("mpota: could not record the failure: %r" % e2)
+    return {"result": "FAILED", "error": e.__class__.__name__, "reason": str(e)}
 
 
 def _guard(fn, *args, uses=()):
@@ -191,12 +190,7 @@ def check():
 def update(url_or_release=None):
     """Check (or take the release at a URL / an offer dict), download,
     verify, stage, and reboot when the policy allows."""
-    def run(a):
-        from mpota import repl
-
-        return drive(repl.update(a, url_or_release), a)
-
-    return _guard(run, uses=("repl",))
+    return _guard(lambda a: drive(a.update(url_or_release), a), uses=("repl",))
 
 
 def feed(_=None):

@@ -195,11 +195,8 @@ class Agent:
     # talking to the server
 
     def report(self, name, detail=None, target=None):
-        """Tell the server about a state change; best effort (skipped when no
-        server is configured).  Blocking; reporting() is its steps."""
-        mpota.drive(self.reporting(name, detail, target), self)
-
-    def reporting(self, name, detail=None, target=None):
+        """Steps: tell the server about a state change; best effort (skipped
+        when no server is configured).  Blocking: mpota.drive(agent.report(...))."""
         if self.cfg["server"] is None:
             return
         version, code = self.running_version()
@@ -277,12 +274,30 @@ class Agent:
                 print("mpota: %s" % e)
                 return "WAITING"
             return "REBOOTING"
+        return (yield from self.update(None, True))
+
+    def update(self, offer=None, polled=False):
+        """Steps of mpota.update() (and of poll()'s check): check (or take
+        the release at a URL / an offer dict), download, verify, stage, and
+        apply as the policy says.  polled: releases that failed here before
+        are skipped, and "UP_TO_DATE" is the answer when none is offered."""
         self.want_block()  # before the check fragments the heap (see want_block)
         yield from self.online()  # (client() then knows the answer)
-        offer = yield from self.check()
+        source = "server"
         if offer is None:
-            return "UP_TO_DATE"
-        return (yield from self.run_update(offer))
+            offer = yield from self.check(polled)
+            if offer is None:
+                if polled:
+                    return "UP_TO_DATE"
+                print("mpota: up to date")
+                return {"result": "UP_TO_DATE"}
+        elif isinstance(offer, str):
+            from mpota import repl
+
+            offer = yield from repl.offer_from_url(self, offer)
+            mpota.drop("repl")  # not kept through the download
+            source = offer["payload_url"]  # probation checks that this host answers
+        return (yield from self.run_update(offer, source))
 
     def run_update(self, offer, source="server"):
         """Steps: verify the offer's manifest (taken out of the offer),

@@ -20,18 +20,82 @@
 # download where it was.
 import asyncio
 import errno
+import io
 import os
+import select
 import time
 
 import mpota
 from mpota.errors import BusyError
 
-def _wait(sock, out):
-    # park this task until sock is readable (out 0) or writable (1): the
+class Records(io.IOBase):
+    """The TCP socket under a non-blocking TLS socket (mpota.http's nb): while
+    the handshake runs, each read ends at a TLS record's end and the next
+    one answers "nothing yet" once, so mbedTLS returns between handshake
+    messages and the application's tasks run between its long steps (the
+    certificate chain's verify, the ServerKeyExchange's, the key exchange)
+    instead of after all three.  mpota.http sets pause to -1 once the
+    handshake is done: from then on reads pass straight through.
+    (Names here are ones the agent already uses: on a board each new name
+    is heap.)"""
+
+    def __init__(self, s):
+        self.s = s
+        self.left = 0  # bytes of the current record still to come
+        self.pause = 0  # 1: say "nothing yet" once; -1: pass through
+
+    def readinto(self, buf):
+        n = self.pause
+        if n < 0:
+            return self.s.readinto(buf)
+        if n:
+            self.pause = 0
+            return None
+        left = self.left
+        n = self.s.readinto(memoryview(buf)[:left] if left and left < len(buf) else buf)
+        if n:
+            if not left and n == 5:  # mbedTLS reads a record's 5-byte header first
+                self.left = buf[3] << 8 | buf[4]
+            elif left:
+                self.left = max(left - n, 0)
+                if not self.left:
+                    self.pause = 1
+        return n
+
+    def write(self, buf):
+        return self.s.write(buf)
+
+    def setblocking(self, x):
+        self.s.setblocking(x)
+
+    def close(self):
+        self.s.close()
+
+    def ioctl(self, n, w):
+        if n == 3:  # MP_STREAM_POLL: the TLS socket asks on its waiter's behalf
+            if self.pause > 0:
+                return w & select.POLLIN
+            return _ready(self.s, w)
+        if n == 4:  # MP_STREAM_CLOSE
+            self.s.close()
+            return 0
+        return -1
+
+
+def _ready(s, w):
+    # the poll events of s among w, now (no wait)
+    p = select.poll()
+    p.register(s, w)
+    p = p.poll(0)
+    return p[0][1] if p else 0
+
+
+def wait(s, w):
+    # park this task until s is readable (w 0) or writable (1): the
     # scheduler's poller, what asyncio's own streams wait on (looked up each
     # time: a new event loop has a new one)
-    io = asyncio.core._io_queue  # type: ignore[attr-defined]  # (not in the stubs)
-    yield io.queue_write(sock) if out else io.queue_read(sock)
+    q = asyncio.core._io_queue  # type: ignore[attr-defined]  # (not in the stubs)
+    yield q.queue_write(s) if w else q.queue_read(s)
 
 
 async def drive(gen, agent):
@@ -43,8 +107,7 @@ async def drive(gen, agent):
     pct = d.get("duty_pct", 100)
     stall = d["stall_s"] * 1000
     exc = None
-    debt = 0  # us of rest the duty cycle owes
-    t = time.ticks_us()
+    t = time.ticks_ms()  # when the agent last let go (a rest, a wait, a sleep)
     try:
         while True:
             try:
@@ -53,62 +116,68 @@ async def drive(gen, agent):
                 return e.value
             exc = None
             if want is None:  # a pause point
-                if pct < 100:
-                    debt += time.ticks_diff(time.ticks_us(), t) * (100 - pct) // pct
-                if debt >= 1000:
-                    t = time.ticks_us()
-                    await asyncio.sleep_ms(debt // 1000)
-                    debt -= time.ticks_diff(time.ticks_us(), t)  # what the rest really took
+                rest = 0
+                if pct < 100:  # the duty cycle: rest in proportion to the work since t
+                    work = time.ticks_diff(time.ticks_ms(), t)
+                    if work >= 10:
+                        rest = work * (100 - pct) // pct
+                if rest or pct == 100:
+                    await asyncio.sleep_ms(rest)
+                    t = time.ticks_ms()
                 else:
-                    await asyncio.sleep_ms(0)
-                busy = agent.busy
-                if busy is not None and _busy(busy):
-                    exc = await _pause(busy, d["busy_wait_s"])
+                    await asyncio.sleep_ms(0)  # (the work since t goes on counting)
+                if agent.busy is not None:
+                    exc = await pause(agent.busy, d["busy_wait_s"])
             elif type(want) is int:
                 await asyncio.sleep_ms(want)
+                t = time.ticks_ms()
             else:
-                try:
-                    await asyncio.wait_for_ms(_wait(want[1], want[0]), stall)
-                except asyncio.TimeoutError:
-                    exc = OSError(errno.ETIMEDOUT)  # as a blocking socket's timeout
-            t = time.ticks_us()
+                s, w = want[1], select.POLLOUT if want[0] else select.POLLIN
+                if _ready(s, w):  # already (the next TLS record is in): no wait (asyncio's
+                    # poller would wait for its next round: 1 ms on the unix port, a tick
+                    # on an ESP32)
+                    await asyncio.sleep_ms(0)
+                else:
+                    try:
+                        await asyncio.wait_for_ms(wait(s, want[0]), stall)
+                    except asyncio.TimeoutError:
+                        exc = OSError(errno.ETIMEDOUT)  # as a blocking socket's timeout
+                    t = time.ticks_ms()
     finally:
         gen.close()
 
 
-async def _pause(busy, limit_s):
-    # the application is busy: wait (None), or after limit_s the error that
-    # ends the round (the download is kept: the next round resumes it)
+async def pause(fn, limit):
+    # while the application's busy check fn() says busy, wait; after limit
+    # seconds, the error that ends the round (the download is kept: the next
+    # round resumes it); None when it is no longer busy
     t = time.ticks_ms()
-    while _busy(busy):
-        if time.ticks_diff(time.ticks_ms(), t) > limit_s * 1000:
+    while True:
+        try:
+            if not fn():
+                return None
+        except Exception as e:  # the application's check failed: do not wait on it
+            print("mpota: busy check failed: %s" % e)
+            return None
+        if time.ticks_diff(time.ticks_ms(), t) > limit * 1000:
             e = BusyError("the application stayed busy for %d s: the download goes on at "
-                          "the next round" % limit_s)
+                          "the next round" % limit)
             e.retryable = True
             return e
         await asyncio.sleep_ms(100)
-    return None
 
 
-def _busy(fn):
-    try:
-        return fn()
-    except Exception as e:  # the application's check failed: do not wait on it
-        print("mpota: busy check failed: %s" % e)
-        return False
-
-
-async def guard(steps, uses):
-    """steps(agent)'s generator driven here, with mpota's guard: the result
-    dict, never an exception (a cancelled task is cancelled, cleaned up)."""
+async def _guard(fn, uses):
+    """fn(agent)'s steps driven here, with mpota's guard: the result dict,
+    never an exception (a cancelled task is cancelled, cleaned up)."""
     if mpota._hold[3]:
         return mpota._guard(None)  # the "in-progress" answer
     agent = None
     mpota._hold[3] = 1
     try:
         agent = mpota.get_agent()
-        agent.nb = True  # its connections: non-blocking sockets
-        return await drive(steps(agent), agent)
+        agent.nb = Records  # its connections: non-blocking, the handshake in steps
+        return await drive(fn(agent), agent)
     except Exception as e:
         return mpota._failed(e, agent)
     finally:
@@ -121,22 +190,17 @@ async def guard(steps, uses):
 
 def poll():
     """await mpota.aio.poll(): one round, the result of mpota.poll()."""
-    return guard(lambda a: a.poll(), ("health", "otadata", "wifi"))
+    return _guard(lambda a: a.poll(), ("health", "otadata", "wifi"))
 
 
 def update(url_or_release=None):
     """await mpota.aio.update(...): the result of mpota.update(...)."""
-    def steps(a):
-        from mpota import repl
-
-        return repl.update(a, url_or_release)
-
-    return guard(steps, ("repl",))
+    return _guard(lambda a: a.update(url_or_release), ("repl",))
 
 
 def apply(force=False):
     """await mpota.aio.apply(): the result of mpota.apply()."""
-    return guard(lambda a: a.apply(force), ())
+    return _guard(lambda a: a.apply(force), ())
 
 
 async def run(every=3600, jitter=0.1):

@@ -57,7 +57,7 @@ def on_boot(agent):
         st.move("rolled-back", code if reject else None, probation_failure=None, written=0,
                 last_result={"state": "ROLLED_BACK", "reason": reason, "version_code": code})
         print("mpota: ROLLED_BACK from %s: %s" % (target.get("version", "?"), reason))
-        agent.report("ROLLED_BACK", reason, code)
+        mpota.drive(agent.report("ROLLED_BACK", reason, code), agent)
     elif cause == _SOFT_RESET and st.get("wdt"):
         # a soft reset stops the Timer that fed the watchdog a confirmed update
         # armed, and the application's objects, not the watchdog: arm it again
@@ -134,7 +134,7 @@ def run(agent):
         reason = "health check failed: " + "; ".join(failures)
         st.move("unhealthy", probation_failure=reason)
         print("mpota: %s; resetting so the bootloader rolls back" % reason)
-        agent.report("FAILED", reason, target.get("version_code"))
+        mpota.drive(agent.report("FAILED", reason, target.get("version_code")), agent)
         hw.reset()
         return "RESET"  # not reached on a board
     hw.mark_valid()
@@ -162,7 +162,7 @@ def confirmed(agent, target):
             last_result={"state": "CONFIRMED", "version_code": target.get("version_code"),
                          "reason": None})
     print("mpota: CONFIRMED %s in %s" % (target.get("version", "the running image"), running))
-    agent.report("CONFIRMED", None, target.get("version_code"))
+    mpota.drive(agent.report("CONFIRMED", None, target.get("version_code")), agent)
     after_confirm(agent)
 
 

@@ -115,7 +115,8 @@ class Client:
         """url: the mpota server (None: absolute https:// targets only);
         cas: the DER certificates to trust (mpota.ca.certs), or one DER;
         stall: seconds without data; hops: the redirects followed; nb:
-        non-blocking sockets (the asyncio agent)."""
+        non-blocking sockets (the asyncio agent; or a transport class the
+        TLS socket is put on, mpota.aio.Records)."""
         self.nb = nb
         self.base = None
         if url:
@@ -200,11 +201,13 @@ class Client:
                         raw.settimeout(self.stall)
                         raw.connect(addr)
                     what = "TLS handshake failed with"
-                    # non-blocking: the handshake runs in the request's write below
-                    self.s = s = ctx.wrap_socket(raw, server_hostname=w[0],
+                    # non-blocking: the handshake runs in the request's write below;
+                    # nb may be a transport class (mpota.aio.Records) put under it
+                    t = raw if type(self.nb) is bool else self.nb(raw)
+                    self.s = s = ctx.wrap_socket(t, server_hostname=w[0],
                                                  do_handshake_on_connect=not self.nb)
                     if self.nb:
-                        self.raw = raw
+                        self.raw = t
                 except ValueError as e:  # mbedTLS: the certificate check failed
                     raw.close()
                     raise TLSError("%s is not trusted: %s"
@@ -235,6 +238,8 @@ class Client:
                         mv = mv[n:]
                 del mv
                 sent = True
+                if self.raw is not None and type(self.nb) is not bool:
+                    self.raw.pause = -1  # (Records) the handshake is done: reads pass through
                 self.raw = None
                 # the head, read in pieces of at most _LINE bytes, _HEAD in all;
                 # h keeps the status line (at -1) and the headers the client

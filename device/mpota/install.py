@@ -27,7 +27,7 @@ def staged(agent, target):
     interrupted download) is told in the report's detail."""
     agent.st.move("staged", written=target["payload_size"], staged_at=time.time())
     at = target.get("resumed_at")
-    yield from agent.reporting("STAGED", "resumed at byte %d" % at if at else None,
+    yield from agent.report("STAGED", "resumed at byte %d" % at if at else None,
                                target["version_code"])
     print("mpota: %s staged in %s" % (target["version"], target["slot"]))
 

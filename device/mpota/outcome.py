@@ -1,5 +1,6 @@
 # A failed or interrupted update, recorded in the state, reported to the
 # server and printed.  Loaded when a failure happens and dropped after.
+import mpota
 from mpota import state
 from mpota.errors import DecryptionError, ImageError, ManifestError
 
@@ -26,7 +27,7 @@ def fail(agent, error, what, release="target"):
         st.move("failed", reject, written=0, last_result=last)
     else:
         st.move("noted", reject, last_result=last)
-    agent.report("FAILED", "%s: %s" % (code, reason), release)
+    mpota.drive(agent.report("FAILED", "%s: %s" % (code, reason), release), agent)
     print("mpota: FAILED (%s) %s" % (code, reason))
 
 
@@ -40,7 +41,7 @@ def interrupted(agent, error):
     kind = getattr(error, "code", "error")
     st.move("interrupted", last_result={"state": "INTERRUPTED", "code": kind,
                                         "reason": reason, "version_code": code})
-    agent.report("INTERRUPTED", "%s: %s" % (kind, reason), code)
+    mpota.drive(agent.report("INTERRUPTED", "%s: %s" % (kind, reason), code), agent)
     print("mpota: download %s" % reason)
 
 
@@ -57,5 +58,5 @@ def unexpected(agent, error):
     reason = "unexpected %s: %s" % (name, error)
     st.move("noted", last_result={"state": "FAILED", "code": "error", "reason": reason,
                                   "version_code": code})
-    agent.report("FAILED", "error: " + reason, code)
+    mpota.drive(agent.report("FAILED", "error: " + reason, code), agent)
     print("mpota: FAILED (error) %s; the update stays %s" % (reason, st.name))

@@ -57,7 +57,7 @@ def apply(agent, force=False):
         raise
     agent.free_block()
     st.move("apply")
-    yield from agent.reporting("REBOOTING", None, target["version_code"])
+    yield from agent.report("REBOOTING", None, target["version_code"])
     agent.close()
     print("mpota: rebooting into %s" % target["version"])
     agent.hw.reset()

@@ -87,8 +87,8 @@ def rollback(agent):
         raise StateError("the bootloader refused the image in %s (%s): not rolling back"
                          % (label, e))
     agent.st.move("rollback", target=None)
-    agent.report("ROLLBACK_REQUESTED", "technician asked to boot %s (v%s)"
-                 % (label, known.get("version")))
+    mpota.drive(agent.report("ROLLBACK_REQUESTED", "technician asked to boot %s (v%s)"
+                             % (label, known.get("version"))), agent)
     print("mpota: rebooting into %s (v%s)" % (label, known.get("version")))
     agent.hw.reset()
     return "REBOOTING"
@@ -136,19 +136,3 @@ def offer_from_url(agent, base):
     return {"update": True, "raw_manifest": parts[0], "raw_signature": parts[1],
             "payload_url": base + "payload"}
 
-
-def update(agent, offer=None):
-    """Steps of mpota.update(): check (or take the release at a URL / an
-    offer dict), download, verify, stage, and apply as the policy says."""
-    agent.want_block()  # the install's 4 KiB in one piece (Agent.want_block)
-    source = "server"
-    yield from agent.online()  # (agent.client() then knows the answer)
-    if offer is None:
-        offer = yield from agent.check(skip_rejected=False)
-        if offer is None:
-            print("mpota: up to date")
-            return {"result": "UP_TO_DATE"}
-    elif isinstance(offer, str):
-        offer = yield from offer_from_url(agent, offer)
-        source = offer["payload_url"]  # probation checks that this host answers
-    return (yield from agent.run_update(offer, source))

@@ -127,6 +127,6 @@ def mpy_cache(compiler: str) -> Path:
     bytecode = re.search(r"mpy v(\d+\.\d+)", compiler)
     line = hashlib.sha256(compiler.encode()).hexdigest()[:8]
     key = (f"mpota-{__version__}_mpy-cross-{release.group(1) if release else 'unknown'}"
-           f"_mpy-{bytecode.group(1) if bytecode else 'unknown'}_{line}")
+           f"_mpy-{bytecode.group(1) if bytecode else 'unknown'}_{line}_s")  # _s: -s names
     where = hashlib.sha256(str(device_dir().resolve()).encode()).hexdigest()[:12]
     return cache_dir() / key / where

@@ -122,9 +122,9 @@ class Broken(Link):
     def report(self, agent, body):
         raise TransportError("down")
 a = agent()
-a.report("STAGED", "detail", 2)
+mpota.drive(a.report("STAGED", "detail", 2))
 b = agent(Broken())
-b.report("FAILED")  # printed, not raised
+mpota.drive(b.report("FAILED"))  # printed, not raised
 result(a.link.reports)
 """)
     assert got == [{"state": "STAGED", "version": "1.0.0", "version_code": 1,

@@ -87,7 +87,10 @@ class Agent:
 
 def Client(url, cas, stall=10, hops=3):
     Agent.cfg["download"]["stall_s"] = stall
-    return http.Client(url, cas, stall, hops, NB)
+    if NB:  # the asyncio agent's: TLS on mpota.aio.Records (the handshake in steps)
+        from mpota import aio
+        return http.Client(url, cas, stall, hops, aio.Records)
+    return http.Client(url, cas, stall, hops, False)
 
 def drive(gen):
     if not NB:
