@@ -160,10 +160,10 @@ async def pause(fn, limit):
             print("mpota: busy check failed: %s" % e)
             return None
         if time.ticks_diff(time.ticks_ms(), t) > limit * 1000:
-            e = BusyError("the application stayed busy for %d s: the download goes on at "
-                          "the next round" % limit)
-            e.retryable = True
-            return e
+            err = BusyError("the application stayed busy for %d s: the download goes on at "
+                            "the next round" % limit)
+            err.retryable = True
+            return err
         await asyncio.sleep_ms(100)
 
 
