@@ -126,7 +126,7 @@ async def drive(gen, agent):
                     t = time.ticks_ms()
                 else:
                     await asyncio.sleep_ms(0)  # (the work since t goes on counting)
-                if agent.busy is not None:
+                if agent.busy is not None and busy(agent.busy):  # (no task made per block)
                     exc = await pause(agent.busy, d["busy_wait_s"])
             elif type(want) is int:
                 await asyncio.sleep_ms(want)
@@ -147,24 +147,28 @@ async def drive(gen, agent):
         gen.close()
 
 
+def busy(fn):
+    # the application's busy check; one that fails is not waited on
+    try:
+        return fn()
+    except Exception as e:
+        print("mpota: busy check failed: %s" % e)
+        return False
+
+
 async def pause(fn, limit):
-    # while the application's busy check fn() says busy, wait; after limit
-    # seconds, the error that ends the round (the download is kept: the next
-    # round resumes it); None when it is no longer busy
+    # the application is busy: wait while it stays so; after limit seconds,
+    # the error that ends the round (the download is kept: the next round
+    # resumes it); None once it is no longer busy
     t = time.ticks_ms()
-    while True:
-        try:
-            if not fn():
-                return None
-        except Exception as e:  # the application's check failed: do not wait on it
-            print("mpota: busy check failed: %s" % e)
-            return None
+    while busy(fn):
         if time.ticks_diff(time.ticks_ms(), t) > limit * 1000:
             err = BusyError("the application stayed busy for %d s: the download goes on at "
                             "the next round" % limit)
             err.retryable = True
             return err
         await asyncio.sleep_ms(100)
+    return None
 
 
 async def _guard(fn, uses):

@@ -33,8 +33,8 @@ for group in data["testGroups"]:
         try:
             q = p256.decode_point(binascii.unhexlify(t["public"]))
             d = int.from_bytes(binascii.unhexlify(t["private"]), "big")
-            shared = None if q is None else mpota.drive(ecies.ecdh(d, q))
-            got = None if shared is None else binascii.hexlify(shared).decode()
+            secret = None if q is None else mpota.drive(ecies.ecdh(d, q))
+            got = None if secret is None else binascii.hexlify(secret).decode()
         except Exception as e:
             got = "raised %r" % e
         if t["result"] == "valid":
